@@ -1,1 +1,15 @@
+//! The shared crate under the three functions: configuration, the HighLevel
+//! client, the installs store, the app secret, crypto, and the flows built
+//! from them (install, refresh, sweep, mint). Handlers stay thin; everything
+//! here is testable without Lambda.
 
+pub mod app_secret;
+pub mod aws;
+pub mod config;
+pub mod crypto;
+pub mod ghl;
+pub mod metrics;
+pub mod model;
+pub mod redact;
+pub mod schema;
+pub mod store;

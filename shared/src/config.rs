@@ -1,0 +1,472 @@
+//! Configuration, read and validated once at cold start.
+//!
+//! Every error names the variable and the form it expects, so a bad deploy
+//! fails its first invocation with a message that says what to fix.
+
+use crate::model::UserType;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("configuration: {var} is not set; expected {expected}")]
+    Missing { var: &'static str, expected: &'static str },
+    #[error("configuration: {var} is invalid ({reason}); expected {expected}")]
+    Invalid {
+        var: &'static str,
+        expected: &'static str,
+        reason: String,
+    },
+}
+
+/// Reads variables through a lookup function so tests need not touch the
+/// process environment.
+pub struct Env<'a> {
+    lookup: Box<dyn Fn(&str) -> Option<String> + 'a>,
+}
+
+impl Env<'static> {
+    pub fn process() -> Self {
+        Self::new(|k| std::env::var(k).ok())
+    }
+}
+
+impl<'a> Env<'a> {
+    pub fn new(lookup: impl Fn(&str) -> Option<String> + 'a) -> Self {
+        Self {
+            lookup: Box::new(lookup),
+        }
+    }
+
+    /// Unset and blank are the same: a blank value in a template is a mistake.
+    fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn required(&self, var: &'static str, expected: &'static str) -> Result<String, ConfigError> {
+        self.get(var).ok_or(ConfigError::Missing { var, expected })
+    }
+
+    pub fn optional(&self, var: &'static str) -> Option<String> {
+        self.get(var)
+    }
+
+    pub fn number<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
+        &self,
+        var: &'static str,
+        default: T,
+        min: T,
+        max: T,
+        expected: &'static str,
+    ) -> Result<T, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        let value: T = raw.parse().map_err(|_| ConfigError::Invalid {
+            var,
+            expected,
+            reason: format!("{:?} is not a number", clip(&raw)),
+        })?;
+        if value < min || value > max {
+            return Err(ConfigError::Invalid {
+                var,
+                expected,
+                reason: format!("{value} is out of range {min}..={max}"),
+            });
+        }
+        Ok(value)
+    }
+
+    pub fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if v == "true" || v == "1" => Ok(true),
+            Some(v) if v == "false" || v == "0" => Ok(false),
+            Some(v) => Err(ConfigError::Invalid {
+                var,
+                expected: "true or false",
+                reason: format!("{:?} is not a boolean", clip(&v)),
+            }),
+        }
+    }
+
+    pub fn url(&self, var: &'static str, value: String) -> Result<String, ConfigError> {
+        check_url(&value).map_err(|reason| ConfigError::Invalid {
+            var,
+            expected: "an absolute https:// URL (http:// only for localhost or 127.0.0.1)",
+            reason,
+        })?;
+        Ok(value)
+    }
+}
+
+/// Values are echoed in errors to help the operator; none of these variables
+/// hold secrets, but keep the echo short.
+fn clip(s: &str) -> String {
+    s.chars().take(60).collect()
+}
+
+fn check_url(value: &str) -> Result<(), String> {
+    let rest = if let Some(r) = value.strip_prefix("https://") {
+        r
+    } else if let Some(r) = value.strip_prefix("http://") {
+        let host = r.split(['/', ':', '?']).next().unwrap_or_default();
+        if host != "localhost" && host != "127.0.0.1" {
+            return Err(format!("{:?} uses plain http for a non-local host", clip(value)));
+        }
+        r
+    } else {
+        return Err(format!("{:?} does not start with https://", clip(value)));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{:?} has no valid host", clip(value)));
+    }
+    Ok(())
+}
+
+/// HighLevel client settings.
+#[derive(Debug, Clone)]
+pub struct GhlConfig {
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// When an install becomes due for refresh. Written by every function that
+/// stores tokens, read by the sweep, so it lives in the common part.
+#[derive(Debug, Clone)]
+pub struct DuePolicy {
+    /// Refresh this long before the access token expires.
+    pub refresh_ahead: Duration,
+    /// Up to this much earlier again, chosen per install, so that installs
+    /// made in one burst do not all come due in the same minute.
+    pub jitter: Duration,
+    /// Partitions of the due index; spreads reads and writes so none is hot.
+    pub shards: u32,
+}
+
+/// What every function needs.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub installs_table: String,
+    pub app_secret_id: String,
+    pub ghl: GhlConfig,
+    pub due: DuePolicy,
+    /// How long a lease on an install lasts. Longer than the HighLevel
+    /// request timeout, so a holder gives up on HighLevel before its lease
+    /// can pass to someone else.
+    pub lease: Duration,
+}
+
+pub const DEFAULT_GHL_API_BASE_URL: &str = "https://services.leadconnectorhq.com";
+
+impl CommonConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let installs_table = env.required(
+            "INSTALLS_TABLE",
+            "the DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -)",
+        )?;
+        if installs_table.len() < 3
+            || installs_table.len() > 255
+            || !installs_table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(ConfigError::Invalid {
+                var: "INSTALLS_TABLE",
+                expected: "the DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -)",
+                reason: format!("{:?} is not a valid table name", clip(&installs_table)),
+            });
+        }
+        let app_secret_id = env.required(
+            "GHL_APP_SECRET_ID",
+            "the Secrets Manager name or ARN of the app secret (JSON with client_id, client_secret, data_keys)",
+        )?;
+        let base_url = env.url(
+            "GHL_API_BASE_URL",
+            env.optional("GHL_API_BASE_URL")
+                .unwrap_or_else(|| DEFAULT_GHL_API_BASE_URL.to_owned()),
+        )?;
+        let connect_ms = env.number(
+            "GHL_CONNECT_TIMEOUT_MS",
+            3_000u64,
+            100,
+            60_000,
+            "milliseconds, 100 to 60000",
+        )?;
+        let request_ms = env.number(
+            "GHL_HTTP_TIMEOUT_MS",
+            10_000u64,
+            200,
+            120_000,
+            "milliseconds, 200 to 120000",
+        )?;
+        let lease_secs = env.number("LEASE_SECS", 60u64, 5, 900, "seconds, 5 to 900")?;
+        if Duration::from_secs(lease_secs) <= Duration::from_millis(request_ms + connect_ms) {
+            return Err(ConfigError::Invalid {
+                var: "LEASE_SECS",
+                expected: "seconds, longer than GHL_HTTP_TIMEOUT_MS + GHL_CONNECT_TIMEOUT_MS",
+                reason: format!(
+                    "a {lease_secs} s lease could expire while a {request_ms} ms HighLevel call is still in flight"
+                ),
+            });
+        }
+        let due = DuePolicy {
+            refresh_ahead: Duration::from_secs(env.number(
+                "REFRESH_AHEAD_SECS",
+                6 * 3600u64,
+                60,
+                20 * 3600,
+                "seconds before access-token expiry, 60 to 72000",
+            )?),
+            jitter: Duration::from_secs(env.number(
+                "REFRESH_JITTER_SECS",
+                1800u64,
+                0,
+                4 * 3600,
+                "seconds, 0 to 14400",
+            )?),
+            shards: env.number("DUE_SHARDS", 8u32, 1, 256, "a whole number, 1 to 256")?,
+        };
+        Ok(Self {
+            installs_table,
+            app_secret_id,
+            ghl: GhlConfig {
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                connect_timeout: Duration::from_millis(connect_ms),
+                request_timeout: Duration::from_millis(request_ms),
+            },
+            due,
+            lease: Duration::from_secs(lease_secs),
+        })
+    }
+}
+
+/// `oauth-callback`.
+#[derive(Debug, Clone)]
+pub struct CallbackConfig {
+    pub common: CommonConfig,
+    /// The token type requested in the code exchange.
+    pub user_type: UserType,
+    pub redirect_uri: String,
+    pub success_redirect_url: Option<String>,
+}
+
+impl CallbackConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(env)?;
+        let user_type = user_type(env)?;
+        let redirect_uri = env.url(
+            "GHL_REDIRECT_URI",
+            env.required(
+                "GHL_REDIRECT_URI",
+                "the redirect URI registered in the HighLevel app, an absolute https:// URL",
+            )?,
+        )?;
+        let success_redirect_url = env
+            .optional("SUCCESS_REDIRECT_URL")
+            .map(|u| env.url("SUCCESS_REDIRECT_URL", u))
+            .transpose()?;
+        Ok(Self {
+            common,
+            user_type,
+            redirect_uri,
+            success_redirect_url,
+        })
+    }
+}
+
+pub fn user_type(env: &Env) -> Result<UserType, ConfigError> {
+    match env.optional("GHL_USER_TYPE").as_deref() {
+        None | Some("Company") => Ok(UserType::Company),
+        Some("Location") => Ok(UserType::Location),
+        Some(other) => Err(ConfigError::Invalid {
+            var: "GHL_USER_TYPE",
+            expected: "Company or Location",
+            reason: format!("{:?} is neither", clip(other)),
+        }),
+    }
+}
+
+/// `refresh-sweep`.
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    pub common: CommonConfig,
+    /// Refreshes in flight at once.
+    pub concurrency: usize,
+    /// Time kept back from the Lambda deadline for the summary and the last writes.
+    pub deadline_reserve: Duration,
+    /// Retry delay for a suspended (`Location is not active`) install.
+    pub suspended_retry: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Fleet breaker: after at least `breaker_min_attempts` outcomes, stop the run
+    /// when this share failed the same way.
+    pub breaker_min_attempts: u32,
+    pub breaker_ratio: f64,
+    pub reconnect_fallback: bool,
+}
+
+impl SweepConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(env)?;
+        let ratio_pct = env.number(
+            "BREAKER_PERCENT",
+            50u32,
+            1,
+            100,
+            "a whole percentage, 1 to 100",
+        )?;
+        Ok(Self {
+            concurrency: env.number(
+                "SWEEP_CONCURRENCY",
+                64usize,
+                1,
+                1024,
+                "a whole number, 1 to 1024",
+            )?,
+            deadline_reserve: Duration::from_millis(env.number(
+                "SWEEP_DEADLINE_RESERVE_MS",
+                2_000u64,
+                100,
+                60_000,
+                "milliseconds, 100 to 60000",
+            )?),
+            suspended_retry: Duration::from_secs(env.number(
+                "SUSPENDED_RETRY_SECS",
+                6 * 3600u64,
+                60,
+                7 * 86400,
+                "seconds, 60 to 604800",
+            )?),
+            backoff_base: Duration::from_secs(env.number(
+                "BACKOFF_BASE_SECS",
+                60u64,
+                1,
+                3600,
+                "seconds, 1 to 3600",
+            )?),
+            backoff_max: Duration::from_secs(env.number(
+                "BACKOFF_MAX_SECS",
+                3600u64,
+                1,
+                86400,
+                "seconds, 1 to 86400",
+            )?),
+            breaker_min_attempts: env.number(
+                "BREAKER_MIN_ATTEMPTS",
+                20u32,
+                1,
+                100_000,
+                "a whole number, 1 to 100000",
+            )?,
+            breaker_ratio: f64::from(ratio_pct) / 100.0,
+            reconnect_fallback: env.flag("RECONNECT_FALLBACK", false)?,
+            common,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn base() -> HashMap<String, String> {
+        env(&[
+            ("INSTALLS_TABLE", "installs"),
+            ("GHL_APP_SECRET_ID", "ghl/app"),
+            ("GHL_REDIRECT_URI", "https://example.com/cb"),
+        ])
+    }
+
+    fn callback(vars: &HashMap<String, String>) -> Result<CallbackConfig, ConfigError> {
+        CallbackConfig::from_env(&Env::new(|k| vars.get(k).cloned()))
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = callback(&base()).unwrap();
+        assert_eq!(c.common.ghl.base_url, DEFAULT_GHL_API_BASE_URL);
+        assert_eq!(c.user_type, UserType::Company);
+        assert_eq!(c.common.due.shards, 8);
+        assert!(c.success_redirect_url.is_none());
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let mut vars = base();
+        vars.remove("INSTALLS_TABLE");
+        let err = callback(&vars).unwrap_err();
+        assert!(err.to_string().contains("INSTALLS_TABLE is not set"), "{err}");
+        let mut vars = base();
+        vars.insert("GHL_REDIRECT_URI".into(), "   ".into());
+        assert!(matches!(
+            callback(&vars).unwrap_err(),
+            ConfigError::Missing {
+                var: "GHL_REDIRECT_URI",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn malformed_values_are_named_with_the_expected_form() {
+        for (var, value) in [
+            ("GHL_USER_TYPE", "Agency"),
+            ("GHL_REDIRECT_URI", "ftp://x"),
+            ("GHL_REDIRECT_URI", "http://example.com/cb"),
+            ("GHL_API_BASE_URL", "services.leadconnectorhq.com"),
+            ("GHL_HTTP_TIMEOUT_MS", "ten"),
+            ("GHL_HTTP_TIMEOUT_MS", "5"),
+            ("DUE_SHARDS", "0"),
+            ("INSTALLS_TABLE", "a b"),
+            ("SUCCESS_REDIRECT_URL", "/relative"),
+        ] {
+            let mut vars = base();
+            vars.insert(var.into(), value.into());
+            let err = callback(&vars).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(var) && text.contains("expected"), "{var}: {text}");
+        }
+    }
+
+    #[test]
+    fn lease_must_outlast_the_http_timeout() {
+        let mut vars = base();
+        vars.insert("LEASE_SECS".into(), "10".into());
+        vars.insert("GHL_HTTP_TIMEOUT_MS".into(), "10000".into());
+        let err = callback(&vars).unwrap_err();
+        assert!(err.to_string().contains("LEASE_SECS"), "{err}");
+    }
+
+    #[test]
+    fn local_http_is_allowed() {
+        let mut vars = base();
+        vars.insert("GHL_API_BASE_URL".into(), "http://127.0.0.1:8700/".into());
+        let c = callback(&vars).unwrap();
+        assert_eq!(c.common.ghl.base_url, "http://127.0.0.1:8700");
+    }
+
+    #[test]
+    fn sweep_settings_parse() {
+        let mut vars = base();
+        vars.insert("BREAKER_PERCENT".into(), "40".into());
+        vars.insert("RECONNECT_FALLBACK".into(), "true".into());
+        let s = SweepConfig::from_env(&Env::new(|k| vars.get(k).cloned())).unwrap();
+        assert!((s.breaker_ratio - 0.4).abs() < 1e-9);
+        assert!(s.reconnect_fallback);
+        vars.insert("RECONNECT_FALLBACK".into(), "maybe".into());
+        let err = SweepConfig::from_env(&Env::new(|k| vars.get(k).cloned())).unwrap_err();
+        assert!(err.to_string().contains("RECONNECT_FALLBACK"));
+    }
+}

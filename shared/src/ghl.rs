@@ -1,0 +1,535 @@
+//! The HighLevel OAuth client.
+//!
+//! Every failure becomes a typed [`GhlError`] that keeps HighLevel's message
+//! and `traceId`. The split that matters most is whether a refresh token may
+//! have been consumed: [`GhlError::is_ambiguous`] is true when the request
+//! left this process and no usable answer came back.
+
+use crate::app_secret::AppSecret;
+use crate::config::GhlConfig;
+use crate::model::{TokenGrant, UserType};
+use crate::redact::SecretString;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// The API version HighLevel requires on the agency endpoints.
+pub const API_VERSION: &str = "2021-07-28";
+const USER_AGENT: &str = concat!("ghl-oauth-lambda/", env!("CARGO_PKG_VERSION"));
+const MAX_MESSAGE: usize = 300;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GhlError {
+    /// The code or refresh token is invalid, expired or already used.
+    #[error("HighLevel rejected the grant: {message} (traceId {trace_id:?})")]
+    InvalidGrant {
+        message: String,
+        trace_id: Option<String>,
+    },
+    /// Temporary: the same refresh token works again once the location is active.
+    #[error("HighLevel says the location is not active (traceId {trace_id:?})")]
+    LocationNotActive { trace_id: Option<String> },
+    /// Our client id or secret: nothing to do with any one install.
+    #[error("HighLevel rejected the app's client credentials: {message}")]
+    InvalidClient { message: String },
+    /// The bearer token was refused.
+    #[error("HighLevel refused the access token: {message} (traceId {trace_id:?})")]
+    Unauthorized {
+        message: String,
+        trace_id: Option<String>,
+    },
+    #[error("HighLevel rejected the request with {status}: {message} (traceId {trace_id:?})")]
+    Rejected {
+        status: u16,
+        message: String,
+        trace_id: Option<String>,
+    },
+    #[error("HighLevel rate limit reached; retry in {} ms", retry_after.as_millis())]
+    RateLimited {
+        retry_after: Duration,
+        daily_exhausted: bool,
+    },
+    #[error("HighLevel is unavailable ({status}): {message}")]
+    Unavailable {
+        status: u16,
+        message: String,
+        trace_id: Option<String>,
+    },
+    /// The request never left: safe to retry.
+    #[error("could not connect to HighLevel: {0}")]
+    Unreachable(String),
+    /// Sent, and no answer in time.
+    #[error("HighLevel did not answer within the request timeout")]
+    Timeout,
+    /// Sent, and the answer was cut off or unreadable.
+    #[error("HighLevel's answer was lost: {0}")]
+    ResponseLost(String),
+    #[error("HighLevel has removed this endpoint: {message}")]
+    EndpointRemoved { message: String },
+}
+
+impl GhlError {
+    /// The request may have been processed and its answer lost.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Self::Timeout | Self::ResponseLost(_))
+    }
+
+    /// Worth trying again later with the same inputs.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. } | Self::Unavailable { .. } | Self::Unreachable(_)
+        )
+    }
+
+    /// A stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidGrant { .. } => "invalid_grant",
+            Self::LocationNotActive { .. } => "location_not_active",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::Rejected { .. } => "rejected",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Unreachable(_) => "unreachable",
+            Self::Timeout => "timeout",
+            Self::ResponseLost(_) => "response_lost",
+            Self::EndpointRemoved { .. } => "endpoint_removed",
+        }
+    }
+}
+
+/// A page of `GET /oauth/installedLocations`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstalledLocationsPage {
+    #[serde(default)]
+    pub locations: Vec<InstalledLocation>,
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub install_to_future_locations: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstalledLocation {
+    #[serde(rename(deserialize = "_id", serialize = "locationId"))]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_installed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<String>,
+}
+
+/// Who a reconnect is for (seed 003).
+pub enum ReconnectTarget<'a> {
+    Company(&'a str),
+    Location(&'a str),
+}
+
+#[derive(Clone)]
+pub struct GhlClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Both error shapes HighLevel uses: NestJS (`statusCode`, `message` string or
+/// array, `error`, `traceId`) and RFC 6749 (`error`, `error_description`).
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default, rename = "traceId")]
+    trace_id: Option<String>,
+}
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+impl ErrorBody {
+    fn message(&self) -> String {
+        let text = match &self.message {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => match (&self.error, &self.error_description) {
+                (Some(e), Some(d)) => format!("{e}: {d}"),
+                (Some(e), None) => e.clone(),
+                (None, Some(d)) => d.clone(),
+                (None, None) => String::new(),
+            },
+        };
+        clip(text)
+    }
+}
+
+/// Which endpoint answered: a 401 means different things on each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Token,
+    Bearer,
+    Reconnect,
+}
+
+fn classify(endpoint: Endpoint, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GhlError {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let mut message = parsed.message();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("no message").to_owned();
+    }
+    let trace_id = parsed.trace_id.clone();
+    let code = status.as_u16();
+    let lower = message.to_ascii_lowercase();
+    let rfc_error = parsed.error.as_deref().unwrap_or_default();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return rate_limited(headers);
+    }
+    if status.is_server_error() {
+        return GhlError::Unavailable {
+            status: code,
+            message,
+            trace_id,
+        };
+    }
+    if endpoint == Endpoint::Reconnect && lower.contains("endpoint has been removed") {
+        return GhlError::EndpointRemoved { message };
+    }
+    if rfc_error == "invalid_client" || (status == StatusCode::UNAUTHORIZED && endpoint != Endpoint::Bearer) {
+        return GhlError::InvalidClient { message };
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return GhlError::Unauthorized { message, trace_id };
+    }
+    if lower.contains("location is not active") {
+        return GhlError::LocationNotActive { trace_id };
+    }
+    if lower.starts_with("invalid grant") || rfc_error == "invalid_grant" {
+        return GhlError::InvalidGrant { message, trace_id };
+    }
+    GhlError::Rejected {
+        status: code,
+        message,
+        trace_id,
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// HighLevel documents no `Retry-After`: wait the interval, or until the
+/// daily window resets when the daily budget is spent.
+fn rate_limited(headers: &HeaderMap) -> GhlError {
+    let daily_exhausted = header_u64(headers, "x-ratelimit-daily-remaining") == Some(0);
+    let retry_after = if daily_exhausted {
+        let now = crate::model::now_secs();
+        Duration::from_secs((86_400 - now.rem_euclid(86_400)) as u64)
+    } else if let Some(secs) = header_u64(headers, "retry-after") {
+        Duration::from_secs(secs)
+    } else {
+        Duration::from_millis(header_u64(headers, "x-ratelimit-interval-milliseconds").unwrap_or(10_000))
+    };
+    GhlError::RateLimited {
+        retry_after,
+        daily_exhausted,
+    }
+}
+
+fn transport(err: reqwest::Error) -> GhlError {
+    let err = err.without_url();
+    if err.is_connect() {
+        GhlError::Unreachable(clip(error_chain(&err)))
+    } else if err.is_timeout() {
+        GhlError::Timeout
+    } else {
+        GhlError::ResponseLost(clip(error_chain(&err)))
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl GhlClient {
+    pub fn new(cfg: &GhlConfig) -> Result<Self, GhlError> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GhlError::Unreachable(format!("HTTP client set-up failed: {}", error_chain(&e))))?;
+        Ok(Self {
+            http,
+            base: cfg.base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn send<T: for<'de> Deserialize<'de>>(
+        &self,
+        endpoint: Endpoint,
+        op: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, GhlError> {
+        let started = Instant::now();
+        let result = async {
+            let resp = req.header("Accept", "application/json").send().await.map_err(transport)?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await.map_err(transport)?;
+            if !status.is_success() {
+                return Err(classify(endpoint, status, &headers, &body));
+            }
+            // A 200 we cannot read may still have rotated a token: ambiguous.
+            serde_json::from_slice(&body).map_err(|e| {
+                GhlError::ResponseLost(format!(
+                    "{status} with an unreadable body (line {} column {})",
+                    e.line(),
+                    e.column()
+                ))
+            })
+        }
+        .await;
+        let ms = started.elapsed().as_millis() as u64;
+        crate::metrics::ghl_call(op, ms, result.as_ref().err().map(GhlError::kind));
+        result
+    }
+
+    /// `POST /oauth/token` with `grant_type=authorization_code`.
+    pub async fn exchange_code(
+        &self,
+        app: &AppSecret,
+        code: &SecretString,
+        user_type: UserType,
+        redirect_uri: &str,
+    ) -> Result<TokenGrant, GhlError> {
+        let form = [
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.expose()),
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("user_type", user_type.as_str()),
+            ("redirect_uri", redirect_uri),
+        ];
+        let req = self.http.post(format!("{}/oauth/token", self.base)).form(&form);
+        self.send(Endpoint::Token, "exchange_code", req).await
+    }
+
+    /// `POST /oauth/token` with `grant_type=refresh_token`. The token is
+    /// consumed by HighLevel whenever this returns Ok, and possibly when it
+    /// returns an ambiguous error.
+    pub async fn refresh(
+        &self,
+        app: &AppSecret,
+        refresh_token: &SecretString,
+        user_type: UserType,
+    ) -> Result<TokenGrant, GhlError> {
+        let form = [
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.expose()),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+            ("user_type", user_type.as_str()),
+        ];
+        let req = self.http.post(format!("{}/oauth/token", self.base)).form(&form);
+        self.send(Endpoint::Token, "refresh", req).await
+    }
+
+    /// `POST /oauth/locationToken`: a location token from a company token.
+    pub async fn location_token(
+        &self,
+        company_token: &SecretString,
+        company_id: &str,
+        location_id: &str,
+    ) -> Result<TokenGrant, GhlError> {
+        let req = self
+            .http
+            .post(format!("{}/oauth/locationToken", self.base))
+            .bearer_auth(company_token.expose())
+            .header("Version", API_VERSION)
+            .form(&[("companyId", company_id), ("locationId", location_id)]);
+        self.send(Endpoint::Bearer, "location_token", req).await
+    }
+
+    /// One page of `GET /oauth/installedLocations`.
+    pub async fn installed_locations(
+        &self,
+        company_token: &SecretString,
+        company_id: &str,
+        app_id: &str,
+        skip: u64,
+        limit: u64,
+    ) -> Result<InstalledLocationsPage, GhlError> {
+        let req = self
+            .http
+            .get(format!("{}/oauth/installedLocations", self.base))
+            .bearer_auth(company_token.expose())
+            .header("Version", API_VERSION)
+            .query(&[
+                ("companyId", company_id),
+                ("appId", app_id),
+                ("isInstalled", "true"),
+                ("skip", &skip.to_string()),
+                ("limit", &limit.to_string()),
+            ]);
+        self.send(Endpoint::Bearer, "installed_locations", req).await
+    }
+
+    /// `POST /oauth/reconnect` (seed 003): an authorization code for an
+    /// install whose grant was lost. Reported removed since 2026-09.
+    pub async fn reconnect(&self, app: &AppSecret, target: ReconnectTarget<'_>) -> Result<SecretString, GhlError> {
+        let mut body = serde_json::json!({
+            "clientKey": app.client_id,
+            "clientSecret": app.client_secret.expose(),
+        });
+        match target {
+            ReconnectTarget::Company(id) => body["companyId"] = id.into(),
+            ReconnectTarget::Location(id) => body["locationId"] = id.into(),
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Reconnected {
+            authorization_code: SecretString,
+        }
+        let req = self.http.post(format!("{}/oauth/reconnect", self.base)).json(&body);
+        let r: Reconnected = self.send(Endpoint::Reconnect, "reconnect", req).await?;
+        Ok(r.authorization_code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn err(endpoint: Endpoint, status: u16, body: &str) -> GhlError {
+        classify(endpoint, StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body.as_bytes())
+    }
+
+    #[test]
+    fn nest_style_errors_are_typed_with_message_and_trace() {
+        assert_eq!(
+            err(
+                Endpoint::Token,
+                400,
+                r#"{"statusCode":400,"message":"Invalid grant: refresh token is invalid","traceId":"t1"}"#
+            ),
+            GhlError::InvalidGrant {
+                message: "Invalid grant: refresh token is invalid".into(),
+                trace_id: Some("t1".into())
+            }
+        );
+        assert_eq!(
+            err(Endpoint::Token, 400, r#"{"statusCode":400,"message":"Location is not active","traceId":"t2"}"#),
+            GhlError::LocationNotActive {
+                trace_id: Some("t2".into())
+            }
+        );
+        assert_eq!(
+            err(
+                Endpoint::Token,
+                422,
+                r#"{"statusCode":422,"message":["code should not be empty","x"],"error":"Unprocessable Entity","traceId":"t3"}"#
+            ),
+            GhlError::Rejected {
+                status: 422,
+                message: "code should not be empty; x".into(),
+                trace_id: Some("t3".into())
+            }
+        );
+    }
+
+    #[test]
+    fn unauthorized_means_client_on_token_endpoint_and_token_elsewhere() {
+        let body = r#"{"statusCode":401,"message":"Invalid client credentials","error":"Unauthorized"}"#;
+        assert!(matches!(err(Endpoint::Token, 401, body), GhlError::InvalidClient { .. }));
+        assert!(matches!(err(Endpoint::Bearer, 401, body), GhlError::Unauthorized { .. }));
+    }
+
+    #[test]
+    fn rfc6749_shape_is_understood() {
+        assert!(matches!(
+            err(Endpoint::Token, 400, r#"{"error":"invalid_grant","error_description":"expired"}"#),
+            GhlError::InvalidGrant { message, .. } if message == "invalid_grant: expired"
+        ));
+        assert!(matches!(
+            err(Endpoint::Token, 400, r#"{"error":"invalid_client"}"#),
+            GhlError::InvalidClient { .. }
+        ));
+    }
+
+    #[test]
+    fn server_errors_and_garbage_bodies() {
+        let e = err(Endpoint::Token, 503, "<html>bad gateway</html>");
+        assert!(matches!(e, GhlError::Unavailable { status: 503, .. }));
+        assert!(e.is_transient() && !e.is_ambiguous());
+        assert!(matches!(err(Endpoint::Token, 418, ""), GhlError::Rejected { status: 418, .. }));
+    }
+
+    #[test]
+    fn removed_reconnect_endpoint() {
+        let body = r#"{"message":"API endpoint has been removed","error":"Bad Request","statusCode":400}"#;
+        assert!(matches!(err(Endpoint::Reconnect, 400, body), GhlError::EndpointRemoved { .. }));
+    }
+
+    #[test]
+    fn rate_limit_headers_are_honoured() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-interval-milliseconds", HeaderValue::from_static("7000"));
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        assert_eq!(
+            classify(Endpoint::Token, StatusCode::TOO_MANY_REQUESTS, &h, b"{}"),
+            GhlError::RateLimited {
+                retry_after: Duration::from_millis(7000),
+                daily_exhausted: false
+            }
+        );
+        h.insert("x-ratelimit-daily-remaining", HeaderValue::from_static("0"));
+        match classify(Endpoint::Token, StatusCode::TOO_MANY_REQUESTS, &h, b"{}") {
+            GhlError::RateLimited {
+                retry_after,
+                daily_exhausted: true,
+            } => assert!(retry_after <= Duration::from_secs(86_400)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn long_messages_are_clipped() {
+        let long = "x".repeat(5000);
+        let e = err(Endpoint::Token, 400, &format!(r#"{{"message":"{long}"}}"#));
+        assert!(e.to_string().len() < 500);
+    }
+}
