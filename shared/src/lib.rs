@@ -13,3 +13,7 @@ pub mod model;
 pub mod redact;
 pub mod schema;
 pub mod store;
+pub mod html;
+pub mod install;
+pub mod services;
+pub mod telemetry;

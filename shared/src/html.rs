@@ -1,0 +1,51 @@
+//! The small pages the installing user sees. Every dynamic value is escaped;
+//! no token or code is ever passed in.
+
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// An accessible page: a language, a title, a main landmark, and a status
+/// or alert region so screen readers announce the outcome.
+pub fn page(title: &str, heading: &str, paragraphs: &[String], success: bool) -> String {
+    let role = if success { "status" } else { "alert" };
+    let accent = if success { "#1a7f37" } else { "#b42318" };
+    let body: String = paragraphs
+        .iter()
+        .map(|p| format!("<p>{}</p>", escape(p)))
+        .collect();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title}</title>\
+<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;line-height:1.5;color:#1f2328}}\
+h1{{color:{accent};font-size:1.5rem}}</style></head>\
+<body><main><div role=\"{role}\"><h1>{heading}</h1>{body}</div></main></body></html>\n",
+        title = escape(title),
+        heading = escape(heading),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        let p = page("t", "<script>", &["a & \"b\"".into()], false);
+        assert!(p.contains("&lt;script&gt;"));
+        assert!(p.contains("a &amp; &quot;b&quot;"));
+        assert!(p.contains("role=\"alert\"") && p.contains("lang=\"en\""));
+    }
+}

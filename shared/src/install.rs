@@ -1,0 +1,325 @@
+//! The install leg: an authorization code from HighLevel's redirect becomes a
+//! stored install, exactly once per code.
+//!
+//! A code is claimed in the table before it is exchanged, so a browser
+//! refresh or double click never exchanges twice; the second request waits
+//! for the first and shows the same outcome.
+
+use crate::config::CallbackConfig;
+use crate::ghl::GhlError;
+use crate::model::{InstallId, TokenPair, UserType, now_millis, now_secs};
+use crate::redact::SecretString;
+use crate::services::Services;
+use crate::store::{CodeRecord, Install, StoreError, code_hash};
+use std::time::Duration;
+
+/// HighLevel's codes are a few dozen characters; anything this long is not one.
+pub const MAX_CODE_LEN: usize = 512;
+/// How long a repeated request waits for the first one to finish.
+const PENDING_WAIT: Duration = Duration::from_secs(10);
+const PENDING_POLL: Duration = Duration::from_millis(200);
+/// A claim older than this whose holder never finished is abandoned.
+const PENDING_ABANDONED_MS: i64 = 60_000;
+
+/// Why a callback did not produce an install. Stable names; the function
+/// maps each to an HTTP status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("method {0} is not allowed; HighLevel redirects here with GET")]
+    MethodNotAllowed(String),
+    #[error("the request has no authorization code (?code=…)")]
+    MissingCode,
+    #[error("the authorization code is {0} characters long; HighLevel's codes are at most {MAX_CODE_LEN}")]
+    CodeTooLong(usize),
+    #[error("the authorization code contains characters HighLevel never uses")]
+    CodeMalformed,
+    #[error("the installation was not approved ({error}): {description}")]
+    ConsentDenied { error: String, description: String },
+    #[error("HighLevel rejected the authorization code: {message}")]
+    CodeRejected { message: String },
+    #[error("HighLevel rejected this app's credentials; the app owner must fix its client id and secret")]
+    AppCredentialsRejected,
+    #[error("HighLevel's answer was not usable: {0}")]
+    BadGrant(&'static str),
+    #[error("HighLevel is unavailable right now ({0})")]
+    HighLevelUnavailable(String),
+    #[error("HighLevel did not answer in time")]
+    HighLevelTimeout,
+    #[error("this install is still being completed by an earlier request")]
+    StillProcessing,
+    #[error("this authorization code was already used by an earlier request that did not finish")]
+    CodeAbandoned,
+    #[error("the install could not be saved: {0}")]
+    Storage(#[from] StoreError),
+}
+
+impl InstallError {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::MethodNotAllowed(_) => "MethodNotAllowed",
+            Self::MissingCode => "MissingCode",
+            Self::CodeTooLong(_) => "CodeTooLong",
+            Self::CodeMalformed => "CodeMalformed",
+            Self::ConsentDenied { .. } => "ConsentDenied",
+            Self::CodeRejected { .. } => "CodeRejected",
+            Self::AppCredentialsRejected => "AppCredentialsRejected",
+            Self::BadGrant(_) => "BadGrant",
+            Self::HighLevelUnavailable(_) => "HighLevelUnavailable",
+            Self::HighLevelTimeout => "HighLevelTimeout",
+            Self::StillProcessing => "StillProcessing",
+            Self::CodeAbandoned => "CodeAbandoned",
+            Self::Storage(_) => "Storage",
+        }
+    }
+}
+
+/// The parts of the redirect request the flow reads.
+#[derive(Debug, Default)]
+pub struct CallbackRequest {
+    pub method: String,
+    pub code: Option<SecretString>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// What was installed, for the page and the redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub id: InstallId,
+    pub user_type: UserType,
+    pub company_id: Option<String>,
+    pub location_id: Option<String>,
+    pub reinstall: bool,
+    /// False when an earlier request for the same code did the work.
+    pub fresh: bool,
+}
+
+impl Installed {
+    fn from_install(install: &Install, fresh: bool) -> Self {
+        Self {
+            user_type: install.id.user_type(),
+            company_id: install.info.company_id.clone(),
+            location_id: install.info.location_id.clone(),
+            reinstall: install.install_count > 1,
+            id: install.id.clone(),
+            fresh,
+        }
+    }
+}
+
+/// HEAD gets no side effects: link scanners probe URLs with it.
+pub enum CallbackOutcome {
+    Installed(Installed),
+    Probe,
+}
+
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Checks the request before anything is touched.
+fn validate(req: &CallbackRequest) -> Result<Option<&SecretString>, InstallError> {
+    match req.method.as_str() {
+        "GET" => {}
+        "HEAD" => return Ok(None),
+        other => return Err(InstallError::MethodNotAllowed(clip(other, 16))),
+    }
+    if let Some(error) = req.error.as_deref().filter(|e| !e.is_empty()) {
+        return Err(InstallError::ConsentDenied {
+            error: clip(error, 64),
+            description: clip(
+                req.error_description
+                    .as_deref()
+                    .unwrap_or("the user did not approve the installation"),
+                200,
+            ),
+        });
+    }
+    let code = req
+        .code
+        .as_ref()
+        .filter(|c| !c.expose().trim().is_empty())
+        .ok_or(InstallError::MissingCode)?;
+    if code.len() > MAX_CODE_LEN {
+        return Err(InstallError::CodeTooLong(code.expose().chars().count()));
+    }
+    if !code.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InstallError::CodeMalformed);
+    }
+    Ok(Some(code))
+}
+
+/// Runs the install leg for one redirect.
+pub async fn handle(cfg: &CallbackConfig, svc: &Services, req: &CallbackRequest) -> Result<CallbackOutcome, InstallError> {
+    let Some(code) = validate(req)? else {
+        return Ok(CallbackOutcome::Probe);
+    };
+    let hash = code_hash(code);
+    let code_fp = &hash[..12];
+    match svc.store.claim_code(&hash).await? {
+        None => exchange(cfg, svc, code, &hash, code_fp).await.map(CallbackOutcome::Installed),
+        Some(record) => {
+            tracing::info!(code_fp, "authorization code seen before; replaying its outcome");
+            replay(svc, &hash, record).await.map(CallbackOutcome::Installed)
+        }
+    }
+}
+
+async fn exchange(cfg: &CallbackConfig, svc: &Services, code: &SecretString, hash: &str, code_fp: &str) -> Result<Installed, InstallError> {
+    let result = svc
+        .ghl
+        .exchange_code(&svc.app, code, cfg.user_type, &cfg.redirect_uri)
+        .await;
+    let grant = match result {
+        Ok(grant) => grant,
+        Err(err) => {
+            let (install_err, keep_claim) = match &err {
+                GhlError::InvalidGrant { message, .. } | GhlError::Rejected { message, .. } => (
+                    InstallError::CodeRejected {
+                        message: message.clone(),
+                    },
+                    true,
+                ),
+                GhlError::InvalidClient { .. } => (InstallError::AppCredentialsRejected, false),
+                GhlError::Timeout => (InstallError::HighLevelTimeout, false),
+                other => (InstallError::HighLevelUnavailable(other.kind().into()), false),
+            };
+            if keep_claim {
+                // The code is spent: every later request shows this same answer.
+                svc.store
+                    .finish_code(
+                        hash,
+                        &CodeRecord::Failed {
+                            status: 400,
+                            message: install_err.to_string(),
+                        },
+                    )
+                    .await?;
+            } else {
+                // Nothing was stored and the code may still be good: let a retry try again.
+                svc.store.release_code(hash).await?;
+            }
+            tracing::warn!(code_fp, error = err.kind(), "code exchange failed");
+            return Err(install_err);
+        }
+    };
+    let user_type = grant.user_type.unwrap_or(cfg.user_type);
+    let bad = |what: &'static str| async move {
+        let _ = svc
+            .store
+            .finish_code(
+                hash,
+                &CodeRecord::Failed {
+                    status: 502,
+                    message: InstallError::BadGrant(what).to_string(),
+                },
+            )
+            .await;
+        Err(InstallError::BadGrant(what))
+    };
+    let Some(id) = InstallId::for_grant(user_type, grant.company_id.as_deref(), grant.location_id.as_deref()) else {
+        return bad("it named no company or location").await;
+    };
+    let Some(refresh_token) = grant.refresh_token.clone() else {
+        return bad("it carried no refresh token").await;
+    };
+    let pair = TokenPair {
+        access_token: grant.access_token.clone(),
+        refresh_token,
+        expires_at: now_secs() + grant.expires_in as i64,
+    };
+    let mut info = grant.info();
+    info.user_type = Some(user_type);
+    let install = svc.store.save_grant(&id, &pair, &info, "installed").await?;
+    svc.store
+        .finish_code(hash, &CodeRecord::Done { install: id.clone() })
+        .await?;
+    let installed = Installed::from_install(&install, true);
+    tracing::info!(
+        install_id = %id,
+        code_fp,
+        reinstall = installed.reinstall,
+        install_count = install.install_count,
+        "install stored"
+    );
+    Ok(installed)
+}
+
+async fn replay(svc: &Services, hash: &str, mut record: CodeRecord) -> Result<Installed, InstallError> {
+    let waited_from = std::time::Instant::now();
+    loop {
+        match record {
+            CodeRecord::Done { install } => {
+                let stored = svc.store.get(&install).await?.ok_or(InstallError::CodeAbandoned)?;
+                return Ok(Installed::from_install(&stored, false));
+            }
+            CodeRecord::Failed { status, message } => {
+                return Err(if status == 400 {
+                    InstallError::CodeRejected {
+                        message: message
+                            .strip_prefix("HighLevel rejected the authorization code: ")
+                            .unwrap_or(&message)
+                            .to_owned(),
+                    }
+                } else {
+                    InstallError::BadGrant("an earlier request for this code already failed")
+                });
+            }
+            CodeRecord::Pending { claimed_at_ms } => {
+                if now_millis() - claimed_at_ms > PENDING_ABANDONED_MS {
+                    return Err(InstallError::CodeAbandoned);
+                }
+                if waited_from.elapsed() >= PENDING_WAIT {
+                    return Err(InstallError::StillProcessing);
+                }
+                tokio::time::sleep(PENDING_POLL).await;
+                record = match svc.store.get_code(hash).await? {
+                    Some(r) => r,
+                    // Released after a transient failure: the user should simply retry.
+                    None => return Err(InstallError::HighLevelUnavailable("earlier attempt failed".into())),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, code: Option<&str>) -> CallbackRequest {
+        CallbackRequest {
+            method: method.into(),
+            code: code.map(SecretString::new),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(matches!(validate(&req("POST", Some("abc"))), Err(InstallError::MethodNotAllowed(_))));
+        assert!(matches!(validate(&req("GET", None)), Err(InstallError::MissingCode)));
+        assert!(matches!(validate(&req("GET", Some("  "))), Err(InstallError::MissingCode)));
+        let long = "a".repeat(MAX_CODE_LEN + 1);
+        assert!(matches!(validate(&req("GET", Some(&long))), Err(InstallError::CodeTooLong(513))));
+        assert!(matches!(validate(&req("GET", Some("a b"))), Err(InstallError::CodeMalformed)));
+        assert!(matches!(validate(&req("HEAD", Some("abc"))), Ok(None)));
+        assert!(matches!(validate(&req("GET", Some("abc123"))), Ok(Some(_))));
+        let denied = CallbackRequest {
+            method: "GET".into(),
+            error: Some("access_denied".into()),
+            ..Default::default()
+        };
+        let err = validate(&denied).unwrap_err();
+        assert_eq!(err.name(), "ConsentDenied");
+        assert!(err.to_string().contains("access_denied"));
+    }
+
+    #[test]
+    fn error_messages_never_echo_the_code() {
+        let code = "secret-code-value";
+        let r = req("GET", Some(&format!("{code}\u{7f}")));
+        let err = validate(&r).unwrap_err();
+        assert!(!err.to_string().contains(code));
+    }
+}

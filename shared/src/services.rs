@@ -1,0 +1,37 @@
+//! Clients built once per execution environment, at cold start.
+
+use crate::app_secret::{AppSecret, SecretError};
+use crate::config::CommonConfig;
+use crate::ghl::{GhlClient, GhlError};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("HighLevel client: {0}")]
+    Ghl(#[from] GhlError),
+}
+
+/// Everything a handler needs: the store, the HighLevel client and the app
+/// secret. Cheap to clone (clients are reference counted).
+#[derive(Clone)]
+pub struct Services {
+    pub store: Store,
+    pub ghl: GhlClient,
+    pub app: AppSecret,
+}
+
+impl Services {
+    pub async fn load(common: &CommonConfig) -> Result<Self, InitError> {
+        let sdk = crate::aws::sdk_config().await;
+        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+        let app = AppSecret::load(&secrets, &common.app_secret_id).await?;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let store = Store::new(ddb, &common.installs_table, app.keyring.clone(), common.due.clone());
+        let ghl = GhlClient::new(&common.ghl)?;
+        Ok(Self { store, ghl, app })
+    }
+}
