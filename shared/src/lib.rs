@@ -17,3 +17,4 @@ pub mod html;
 pub mod install;
 pub mod services;
 pub mod telemetry;
+pub mod refresh;

@@ -47,6 +47,7 @@ pub mod attr {
     pub const VERSION: &str = "version";
     pub const LEASE_OWNER: &str = "lease_owner";
     pub const LEASE_UNTIL: &str = "lease_until_ms";
+    pub const LEASE_INTENT: &str = "lease_intent";
     pub const FAILURES: &str = "failures";
     pub const INSTALLED_AT: &str = "installed_at";
     pub const LAST_INSTALLED_AT: &str = "last_installed_at";
@@ -554,6 +555,9 @@ impl Store {
         let mut u = Update::default();
         u.set(attr::LEASE_OWNER, s(owner));
         u.set(attr::LEASE_UNTIL, num(until));
+        // Only a holder that meant to present the refresh token can leave it in doubt.
+        let intent = if matches!(when, LeaseWhen::Always) { "maintain" } else { "refresh" };
+        u.set(attr::LEASE_INTENT, s(intent));
         let lease_n = u.name(attr::LEASE_UNTIL);
         let now_v = u.value(num(now_ms));
         let pk_n = u.name(PK);
@@ -584,8 +588,10 @@ impl Store {
             .await;
         match res {
             Ok(out) => {
-                let mut install = self.decode(out.attributes.unwrap_or_default())?;
-                let abandoned = install.lease_owner.is_some();
+                let old = out.attributes.unwrap_or_default();
+                let abandoned = get_s(&old, attr::LEASE_OWNER).is_some()
+                    && get_s(&old, attr::LEASE_INTENT) != Some("maintain");
+                let mut install = self.decode(old)?;
                 install.lease_owner = Some(owner.to_owned());
                 install.lease_until_ms = Some(until);
                 Ok(LeaseOutcome::Acquired {
@@ -619,7 +625,7 @@ impl Store {
     /// longer ours.
     pub async fn release_lease(&self, id: &InstallId, owner: &str) -> Result<(), StoreError> {
         let mut u = Update::default();
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL);
+        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
         let (n, v) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let res = self
             .update(&id.key(), GRANT_SK, u)
@@ -710,37 +716,42 @@ impl Store {
 
     // ---- commits and state changes ------------------------------------
 
-    /// Commits a rotated pair as version `from + 1`. Conditioned on the
+    /// Commits a rotated pair as version `to` (normally `from + 1`; higher when
+    /// adopting a journal entry). Conditioned on the
     /// version alone: only one refresh of the version-`from` token can have
     /// succeeded, so whoever holds it holds the newest grant, lease or not.
     /// Returns false when the version moved on (the pair stays in the journal).
-    pub async fn commit_pair(&self, id: &InstallId, from: u64, pair: &TokenPair, info: Option<&GrantInfo>, reason: &str) -> Result<bool, StoreError> {
+    pub async fn commit_pair(
+        &self,
+        id: &InstallId,
+        from: u64,
+        to: u64,
+        pair: &TokenPair,
+        info: Option<&GrantInfo>,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
         let now = now_secs();
         let mut u = Update::default();
         self.set_tokens(&mut u, id, pair);
         if let Some(info) = info {
-            // A refresh answer repeats the grant's metadata; keep what it omits.
-            let mut merged = GrantInfo::default();
-            merged.scope = info.scope.clone();
-            merged.plan_id = info.plan_id.clone();
-            merged.user_id = info.user_id.clone();
-            if let Some(v) = &merged.scope {
-                u.set(attr::SCOPE, s(v.clone()));
-            }
-            if let Some(v) = &merged.plan_id {
-                u.set(attr::PLAN_ID, s(v.clone()));
-            }
-            if let Some(v) = &merged.user_id {
-                u.set(attr::USER_ID, s(v.clone()));
+            // A refresh answer may repeat the grant's metadata; keep what it omits.
+            for (name, value) in [
+                (attr::SCOPE, &info.scope),
+                (attr::PLAN_ID, &info.plan_id),
+                (attr::USER_ID, &info.user_id),
+            ] {
+                if let Some(v) = value {
+                    u.set(name, s(v.clone()));
+                }
             }
         }
         self.set_state(&mut u, InstallState::Active, reason, now);
         self.set_due(&mut u, id, self.due_time(pair.expires_at));
         u.set(attr::FAILURES, num(0));
         u.set(attr::LAST_REFRESHED_AT, num(now));
-        u.set(attr::VERSION, num(from as i64 + 1));
+        u.set(attr::VERSION, num(to as i64));
         u.increment(attr::REFRESH_COUNT);
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL);
+        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(from as i64)));
         let res = self
             .update(&id.key(), GRANT_SK, u)
@@ -777,7 +788,7 @@ impl Store {
             }
         }
         u.set(attr::FAILURES, num(i64::from(failures)));
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL);
+        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
         let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(version as i64)));
         let res = self
@@ -805,7 +816,7 @@ impl Store {
                 expires_at: install.expires_at,
             },
         );
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL);
+        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
         let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(install.version as i64)));
         let res = self
