@@ -18,3 +18,4 @@ pub mod install;
 pub mod services;
 pub mod telemetry;
 pub mod refresh;
+pub mod sweep;
