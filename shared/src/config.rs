@@ -369,6 +369,24 @@ impl SweepConfig {
     }
 }
 
+/// `token-mint`.
+#[derive(Debug, Clone)]
+pub struct MintConfig {
+    pub common: CommonConfig,
+    /// The marketplace app id for `/oauth/installedLocations`, when the app
+    /// secret does not carry `app_id`.
+    pub app_id: Option<String>,
+}
+
+impl MintConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env(env)?,
+            app_id: env.optional("GHL_APP_ID"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

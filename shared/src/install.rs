@@ -156,84 +156,40 @@ pub async fn handle(cfg: &CallbackConfig, svc: &Services, req: &CallbackRequest)
     };
     let hash = code_hash(code);
     let code_fp = &hash[..12];
-    match svc.store.claim_code(&hash).await? {
-        None => exchange(cfg, svc, code, &hash, code_fp).await.map(CallbackOutcome::Installed),
-        Some(record) => {
-            tracing::info!(code_fp, "authorization code seen before; replaying its outcome");
-            replay(svc, &hash, record).await.map(CallbackOutcome::Installed)
+    // A claim only lives while an exchange is pending or after it succeeded;
+    // a failed attempt gives it back, so a waiter that sees it vanish claims
+    // it again and gets HighLevel's own answer for the code.
+    for _ in 0..2 {
+        match svc.store.claim_code(&hash).await? {
+            None => return exchange(cfg, svc, code, &hash, code_fp).await.map(CallbackOutcome::Installed),
+            Some(record) => {
+                tracing::info!(code_fp, "authorization code seen before; waiting for its outcome");
+                if let Some(installed) = replay(svc, &hash, record).await? {
+                    return Ok(CallbackOutcome::Installed(installed));
+                }
+            }
         }
     }
+    Err(InstallError::CodeAbandoned)
 }
 
 async fn exchange(cfg: &CallbackConfig, svc: &Services, code: &SecretString, hash: &str, code_fp: &str) -> Result<Installed, InstallError> {
-    let result = svc
-        .ghl
-        .exchange_code(&svc.app, code, cfg.user_type, &cfg.redirect_uri)
-        .await;
-    let grant = match result {
-        Ok(grant) => grant,
-        Err(err) => {
-            let (install_err, keep_claim) = match &err {
-                GhlError::InvalidGrant { message, .. } | GhlError::Rejected { message, .. } => (
-                    InstallError::CodeRejected {
-                        message: message.clone(),
-                    },
-                    true,
-                ),
-                GhlError::InvalidClient { .. } => (InstallError::AppCredentialsRejected, false),
-                GhlError::Timeout => (InstallError::HighLevelTimeout, false),
-                other => (InstallError::HighLevelUnavailable(other.kind().into()), false),
-            };
-            if keep_claim {
-                // The code is spent: every later request shows this same answer.
-                svc.store
-                    .finish_code(
-                        hash,
-                        &CodeRecord::Failed {
-                            status: 400,
-                            message: install_err.to_string(),
-                        },
-                    )
-                    .await?;
-            } else {
-                // Nothing was stored and the code may still be good: let a retry try again.
-                svc.store.release_code(hash).await?;
-            }
-            tracing::warn!(code_fp, error = err.kind(), "code exchange failed");
-            return Err(install_err);
+    let result = exchange_and_save(cfg, svc, code).await;
+    match &result {
+        Ok((id, _)) => {
+            svc.store
+                .finish_code(hash, &CodeRecord::Done { install: id.clone() })
+                .await?;
         }
-    };
-    let user_type = grant.user_type.unwrap_or(cfg.user_type);
-    let bad = |what: &'static str| async move {
-        let _ = svc
-            .store
-            .finish_code(
-                hash,
-                &CodeRecord::Failed {
-                    status: 502,
-                    message: InstallError::BadGrant(what).to_string(),
-                },
-            )
-            .await;
-        Err(InstallError::BadGrant(what))
-    };
-    let Some(id) = InstallId::for_grant(user_type, grant.company_id.as_deref(), grant.location_id.as_deref()) else {
-        return bad("it named no company or location").await;
-    };
-    let Some(refresh_token) = grant.refresh_token.clone() else {
-        return bad("it carried no refresh token").await;
-    };
-    let pair = TokenPair {
-        access_token: grant.access_token.clone(),
-        refresh_token,
-        expires_at: now_secs() + grant.expires_in as i64,
-    };
-    let mut info = grant.info();
-    info.user_type = Some(user_type);
-    let install = svc.store.save_grant(&id, &pair, &info, "installed").await?;
-    svc.store
-        .finish_code(hash, &CodeRecord::Done { install: id.clone() })
-        .await?;
+        Err(e) => {
+            // Nothing was stored: leave the table as it was.
+            if let Err(release) = svc.store.release_code(hash).await {
+                tracing::error!(code_fp, error = %release, "could not release the code claim");
+            }
+            tracing::warn!(code_fp, error = e.name(), "code exchange failed");
+        }
+    }
+    let (id, install) = result?;
     let installed = Installed::from_install(&install, true);
     tracing::info!(
         install_id = %id,
@@ -245,25 +201,46 @@ async fn exchange(cfg: &CallbackConfig, svc: &Services, code: &SecretString, has
     Ok(installed)
 }
 
-async fn replay(svc: &Services, hash: &str, mut record: CodeRecord) -> Result<Installed, InstallError> {
+async fn exchange_and_save(cfg: &CallbackConfig, svc: &Services, code: &SecretString) -> Result<(InstallId, Install), InstallError> {
+    let grant = svc
+        .ghl
+        .exchange_code(&svc.app, code, cfg.user_type, &cfg.redirect_uri)
+        .await
+        .map_err(|err| match err {
+            GhlError::InvalidGrant { message, .. } | GhlError::Rejected { message, .. } => {
+                InstallError::CodeRejected { message }
+            }
+            GhlError::InvalidClient { .. } => InstallError::AppCredentialsRejected,
+            GhlError::Timeout => InstallError::HighLevelTimeout,
+            other => InstallError::HighLevelUnavailable(other.kind().into()),
+        })?;
+    let user_type = grant.user_type.unwrap_or(cfg.user_type);
+    let id = InstallId::for_grant(user_type, grant.company_id.as_deref(), grant.location_id.as_deref())
+        .ok_or(InstallError::BadGrant("it named no company or location"))?;
+    let refresh_token = grant
+        .refresh_token
+        .clone()
+        .ok_or(InstallError::BadGrant("it carried no refresh token"))?;
+    let pair = TokenPair {
+        access_token: grant.access_token.clone(),
+        refresh_token,
+        expires_at: now_secs() + grant.expires_in as i64,
+    };
+    let mut info = grant.info();
+    info.user_type = Some(user_type);
+    let install = svc.store.save_grant(&id, &pair, &info, "installed").await?;
+    Ok((id, install))
+}
+
+/// Waits for an earlier request's outcome. `None`: its claim was given back
+/// (it failed), so the caller should claim the code itself.
+async fn replay(svc: &Services, hash: &str, mut record: CodeRecord) -> Result<Option<Installed>, InstallError> {
     let waited_from = std::time::Instant::now();
     loop {
         match record {
             CodeRecord::Done { install } => {
                 let stored = svc.store.get(&install).await?.ok_or(InstallError::CodeAbandoned)?;
-                return Ok(Installed::from_install(&stored, false));
-            }
-            CodeRecord::Failed { status, message } => {
-                return Err(if status == 400 {
-                    InstallError::CodeRejected {
-                        message: message
-                            .strip_prefix("HighLevel rejected the authorization code: ")
-                            .unwrap_or(&message)
-                            .to_owned(),
-                    }
-                } else {
-                    InstallError::BadGrant("an earlier request for this code already failed")
-                });
+                return Ok(Some(Installed::from_install(&stored, false)));
             }
             CodeRecord::Pending { claimed_at_ms } => {
                 if now_millis() - claimed_at_ms > PENDING_ABANDONED_MS {
@@ -273,11 +250,10 @@ async fn replay(svc: &Services, hash: &str, mut record: CodeRecord) -> Result<In
                     return Err(InstallError::StillProcessing);
                 }
                 tokio::time::sleep(PENDING_POLL).await;
-                record = match svc.store.get_code(hash).await? {
-                    Some(r) => r,
-                    // Released after a transient failure: the user should simply retry.
-                    None => return Err(InstallError::HighLevelUnavailable("earlier attempt failed".into())),
-                };
+                match svc.store.get_code(hash).await? {
+                    Some(r) => record = r,
+                    None => return Ok(None),
+                }
             }
         }
     }

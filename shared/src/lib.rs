@@ -19,3 +19,4 @@ pub mod services;
 pub mod telemetry;
 pub mod refresh;
 pub mod sweep;
+pub mod mint;

@@ -61,8 +61,6 @@ pub mod attr {
     pub const CODE_STATE: &str = "code_state";
     pub const CLAIMED_AT: &str = "claimed_at";
     pub const INSTALL_KEY: &str = "install_key";
-    pub const ERROR_STATUS: &str = "error_status";
-    pub const ERROR_MESSAGE: &str = "error_message";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +120,6 @@ pub struct JournalEntry {
 pub enum CodeRecord {
     Pending { claimed_at_ms: i64 },
     Done { install: InstallId },
-    Failed { status: u16, message: String },
 }
 
 /// Which condition a lease must satisfy besides being free.
@@ -519,11 +516,6 @@ impl Store {
                 u.set(attr::CODE_STATE, s("done"));
                 u.set(attr::INSTALL_KEY, s(install.key()));
             }
-            CodeRecord::Failed { status, message } => {
-                u.set(attr::CODE_STATE, s("failed"));
-                u.set(attr::ERROR_STATUS, num(i64::from(*status)));
-                u.set(attr::ERROR_MESSAGE, s(message.clone()));
-            }
         }
         self.update(&format!("code#{hash}"), CODE_SK, u)
             .send()
@@ -831,6 +823,48 @@ impl Store {
         }
     }
 
+    // ---- short locks ------------------------------------------------------
+
+    /// A short mutual-exclusion lock on a name (single flight for mints).
+    /// Free when absent or expired; released by [`Store::unlock`].
+    pub async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now_ms = now_millis();
+        let mut item = key_of(&format!("lock#{name}"), "lock");
+        item.insert(attr::LEASE_OWNER.into(), s(owner));
+        item.insert(attr::LEASE_UNTIL.into(), num(now_ms + ttl.as_millis() as i64));
+        item.insert(TTL.into(), num(now_ms / 1000 + ttl.as_secs() as i64 + 3600));
+        let res = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk) OR #until < :now")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#until", attr::LEASE_UNTIL)
+            .expression_attribute_values(":now", num(now_ms))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(dynamo("PutItem(lock)")(e)),
+        }
+    }
+
+    pub async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        let res = self
+            .ddb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&format!("lock#{name}"), "lock")))
+            .condition_expression("#owner = :me")
+            .expression_attribute_names("#owner", attr::LEASE_OWNER)
+            .expression_attribute_values(":me", s(owner))
+            .send()
+            .await;
+        ignore_condition_failure(res.map(|_| ()), "DeleteItem(lock)")
+    }
+
     // ---- due index ------------------------------------------------------
 
     /// One page of installs in `shard` due at or before `now`, oldest first.
@@ -895,14 +929,8 @@ fn decode_code(item: &Item) -> CodeRecord {
     match get_s(item, attr::CODE_STATE) {
         Some("done") => match get_s(item, attr::INSTALL_KEY).and_then(InstallId::parse_key) {
             Some(install) => CodeRecord::Done { install },
-            None => CodeRecord::Failed {
-                status: 500,
-                message: "the earlier attempt's record is unreadable".into(),
-            },
-        },
-        Some("failed") => CodeRecord::Failed {
-            status: get_n(item, attr::ERROR_STATUS).unwrap_or(400) as u16,
-            message: get_s(item, attr::ERROR_MESSAGE).unwrap_or_default().to_owned(),
+            // Unreadable: treat as long abandoned.
+            None => CodeRecord::Pending { claimed_at_ms: 0 },
         },
         _ => CodeRecord::Pending {
             claimed_at_ms: get_n(item, attr::CLAIMED_AT).unwrap_or(0),

@@ -1,1 +1,103 @@
-fn main() {}
+//! `token-mint`: invoked directly (IAM-authorised Lambda Invoke) by the app
+//! owner's other services. Parses the request, runs `shared::mint`, and maps
+//! errors to stable `errorType`s in one place.
+
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde_json::Value;
+use shared::config::{Env, MintConfig};
+use shared::mint::{MintError, Minter, Request};
+use shared::services::Services;
+use std::sync::Arc;
+
+struct App {
+    cfg: MintConfig,
+    svc: Services,
+}
+
+/// The single mapping from mint errors to Lambda function errors.
+#[derive(Debug)]
+struct FunctionError(MintError);
+
+impl From<FunctionError> for Diagnostic {
+    fn from(e: FunctionError) -> Self {
+        Diagnostic {
+            error_type: e.0.error_type().into(),
+            error_message: e.0.to_string(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::telemetry::init();
+    shared::metrics::enable();
+    let cfg = MintConfig::from_env(&Env::process()).inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let svc = Services::load(&cfg.common)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let app = Arc::new(App { cfg, svc });
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let app = app.clone();
+        async move { handle(&app, event).await }
+    }))
+    .await
+}
+
+/// Who called, as far as the invoke context tells: a `caller` field in the
+/// client context (set by the calling service), else unknown.
+fn caller(ctx: &lambda_runtime::Context) -> String {
+    ctx.client_context
+        .as_ref()
+        .and_then(|c| c.custom.get("caller").cloned())
+        .map(|c| c.chars().take(128).collect())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
+    let caller = caller(&event.context);
+    let owner = format!("mint:{}", event.context.request_id);
+    let minter = Minter {
+        svc: &app.svc,
+        lease: app.cfg.common.lease,
+        owner: &owner,
+        app_id: app.cfg.app_id.as_deref(),
+    };
+    let request = shared::mint::parse_request(&event.payload).map_err(|e| {
+        tracing::warn!(caller, error = e.error_type(), message = %e, "mint rejected");
+        FunctionError(e)
+    })?;
+    match request {
+        Request::Mint(req) => match minter.mint(&req).await {
+            Ok(resp) => {
+                tracing::info!(
+                    audit = true,
+                    caller,
+                    company_id = resp.company_id.as_deref().unwrap_or(""),
+                    location_id = %resp.location_id,
+                    source = resp.source,
+                    token_fp = %resp.access_token.fingerprint(),
+                    expires_at = %resp.expires_at,
+                    "location token served"
+                );
+                shared::metrics::count("MintServed", 1);
+                serde_json::to_value(&resp)
+                    .map_err(|e| FunctionError(MintError::Internal(format!("response serialisation: {e}"))))
+            }
+            Err(e) => {
+                tracing::warn!(caller, location_id = %req.location_id, error = e.error_type(), message = %e, "mint failed");
+                Err(FunctionError(e))
+            }
+        },
+        Request::ListInstalledLocations { company_id } => match minter.installed_locations(&company_id).await {
+            Ok(list) => {
+                tracing::info!(caller, company_id, count = list.count, "installed locations listed");
+                serde_json::to_value(&list)
+                    .map_err(|e| FunctionError(MintError::Internal(format!("response serialisation: {e}"))))
+            }
+            Err(e) => {
+                tracing::warn!(caller, company_id, error = e.error_type(), message = %e, "listing failed");
+                Err(FunctionError(e))
+            }
+        },
+    }
+}

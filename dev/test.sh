@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every check CI runs: formatting, lints, the infrastructure template, and
+# the whole test suite (unit, integration against moto and the HighLevel
+# simulator, and a small chaos run). Installs what it needs.
+#
+#   dev/test.sh                 everything
+#   CHAOS_INSTALLS=5000 dev/test.sh   the same with a bigger chaos run
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+if [ -x dev/infra-check.sh ]; then
+  log "infrastructure template checks"
+  dev/infra-check.sh
+fi
+start_moto
+log "building the function binaries the integration tests run"
+cargo build --workspace --bins --locked
+log "cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,562 @@
+//! The location-token mint: a usable location access token on demand, for
+//! the app owner's other services.
+//!
+//! Sources, in order: a stored minted token with enough life left; the
+//! location's own install (refreshed first if needed); a fresh
+//! `POST /oauth/locationToken` from the company install (refreshed first if
+//! near expiry). Every refresh goes through [`crate::refresh`], so mints and
+//! sweeps never race on a refresh token. Concurrent mints for one location
+//! make one HighLevel call: a short lock item elects the minter, the others
+//! wait for its stored result.
+
+use crate::ghl::{GhlError, InstalledLocation};
+use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_secs};
+use crate::redact::SecretString;
+use crate::refresh::{Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
+use crate::services::Services;
+use crate::store::{Install, LeaseWhen, StoreError};
+use serde::Serialize;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+pub const MAX_ID_LEN: usize = 64;
+pub const DEFAULT_MIN_VALIDITY: u64 = 300;
+/// A token never lives longer than a day; asking for more cannot be served.
+pub const MAX_MIN_VALIDITY: u64 = 82_800;
+/// How long a caller waits for another caller's mint or refresh.
+const SINGLE_FLIGHT_WAIT: Duration = Duration::from_secs(8);
+const SINGLE_FLIGHT_POLL: Duration = Duration::from_millis(100);
+/// A company token is refreshed before minting when it has less than this left.
+const COMPANY_MIN_VALIDITY: i64 = 600;
+const PAGE_LIMIT: u64 = 100;
+
+/// Errors with the stable `errorType` names Step Functions can match.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    InstallNotFound(String),
+    #[error("{0}")]
+    NeedsReauthorization(String),
+    #[error("{0}")]
+    LocationNotInstalled(String),
+    #[error("HighLevel rate limit reached; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    #[error("internal error: {0}; retry later")]
+    Internal(String),
+}
+
+impl MintError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "InvalidRequest",
+            Self::InstallNotFound(_) => "InstallNotFound",
+            Self::NeedsReauthorization(_) => "NeedsReauthorization",
+            Self::LocationNotInstalled(_) => "LocationNotInstalled",
+            Self::RateLimited { .. } => "RateLimited",
+            Self::UpstreamUnavailable(_) => "UpstreamUnavailable",
+            Self::Internal(_) => "Internal",
+        }
+    }
+}
+
+impl From<StoreError> for MintError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<RefreshError> for MintError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::InvalidClient(m) => {
+                Self::UpstreamUnavailable(format!("HighLevel rejected the app's client credentials ({m}); the app owner must fix the app secret"))
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+fn from_ghl(e: GhlError, what: &str) -> MintError {
+    match e {
+        GhlError::RateLimited { retry_after, .. } => MintError::RateLimited {
+            retry_after_secs: retry_after.as_secs().max(1),
+        },
+        GhlError::Unauthorized { message, .. } => MintError::NeedsReauthorization(format!(
+            "HighLevel refused the company token while {what} ({message}); the agency must reinstall the app"
+        )),
+        other => MintError::UpstreamUnavailable(format!("HighLevel failed while {what}: {other}; retry with backoff")),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintRequest {
+    pub location_id: String,
+    pub company_id: Option<String>,
+    pub min_validity_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Mint(MintRequest),
+    ListInstalledLocations { company_id: String },
+}
+
+fn id_field(obj: &serde_json::Map<String, Value>, field: &str, required: bool) -> Result<Option<String>, MintError> {
+    match obj.get(field) {
+        None | Some(Value::Null) if !required => Ok(None),
+        None | Some(Value::Null) => Err(MintError::InvalidRequest(format!("{field} is required"))),
+        Some(Value::String(s)) => {
+            if s.is_empty() {
+                return Err(MintError::InvalidRequest(format!("{field} is empty")));
+            }
+            if s.len() > MAX_ID_LEN {
+                return Err(MintError::InvalidRequest(format!(
+                    "{field} is {} characters long; HighLevel ids are at most {MAX_ID_LEN}",
+                    s.len()
+                )));
+            }
+            if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(MintError::InvalidRequest(format!(
+                    "{field} may contain only letters, digits, - and _"
+                )));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(other) => Err(MintError::InvalidRequest(format!(
+            "{field} must be a string, not {}",
+            json_type(other)
+        ))),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Validates a request before anything else happens.
+pub fn parse_request(event: &Value) -> Result<Request, MintError> {
+    let obj = event
+        .as_object()
+        .ok_or_else(|| MintError::InvalidRequest(format!("the request must be a JSON object, not {}", json_type(event))))?;
+    match obj.get("action") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(a)) if a == "mint" => {}
+        Some(Value::String(a)) if a == "listInstalledLocations" => {
+            let company_id = id_field(obj, "companyId", true)?.unwrap_or_default();
+            return Ok(Request::ListInstalledLocations { company_id });
+        }
+        Some(Value::String(a)) => {
+            return Err(MintError::InvalidRequest(format!(
+                "unknown action {:?}; expected \"mint\" (the default) or \"listInstalledLocations\"",
+                a.chars().take(40).collect::<String>()
+            )));
+        }
+        Some(other) => {
+            return Err(MintError::InvalidRequest(format!("action must be a string, not {}", json_type(other))));
+        }
+    }
+    let location_id = id_field(obj, "locationId", true)?.unwrap_or_default();
+    let company_id = id_field(obj, "companyId", false)?;
+    let min_validity_secs = match obj.get("minValiditySeconds") {
+        None | Some(Value::Null) => DEFAULT_MIN_VALIDITY,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v <= MAX_MIN_VALIDITY => v,
+            _ => {
+                return Err(MintError::InvalidRequest(format!(
+                    "minValiditySeconds must be a whole number from 0 to {MAX_MIN_VALIDITY}"
+                )));
+            }
+        },
+        Some(other) => {
+            return Err(MintError::InvalidRequest(format!(
+                "minValiditySeconds must be a number, not {}",
+                json_type(other)
+            )));
+        }
+    };
+    Ok(Request::Mint(MintRequest {
+        location_id,
+        company_id,
+        min_validity_secs,
+    }))
+}
+
+/// The answer. `access_token` is the only token; never a refresh token.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MintResponse {
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    pub token_type: &'static str,
+    pub expires_at: String,
+    pub expires_in: i64,
+    pub scope: Option<String>,
+    pub location_id: String,
+    pub company_id: Option<String>,
+    pub user_type: &'static str,
+    pub source: &'static str,
+}
+
+fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose())
+}
+
+fn rfc3339(epoch: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(epoch)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+impl MintResponse {
+    fn from_install(i: &Install, location_id: &str, source: &'static str) -> Self {
+        Self {
+            access_token: i.access_token.clone(),
+            token_type: "Bearer",
+            expires_at: rfc3339(i.expires_at),
+            expires_in: (i.expires_at - now_secs()).max(0),
+            scope: i.info.scope.clone(),
+            location_id: location_id.to_owned(),
+            company_id: i.info.company_id.clone(),
+            user_type: "Location",
+            source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstalledLocations {
+    pub company_id: String,
+    pub count: u64,
+    pub locations: Vec<InstalledLocation>,
+}
+
+pub struct Minter<'a> {
+    pub svc: &'a Services,
+    pub lease: Duration,
+    pub owner: &'a str,
+    pub app_id: Option<&'a str>,
+}
+
+fn usable(i: &Install, min_validity: u64) -> bool {
+    matches!(i.state, InstallState::Active | InstallState::Retrying | InstallState::Suspended)
+        && i.expires_at - now_secs() > min_validity as i64
+}
+
+impl Minter<'_> {
+    fn refresher<'b>(&'b self, policy: &'b RefreshPolicy, switch: &'b ReconnectSwitch) -> Refresher<'b> {
+        Refresher {
+            store: &self.svc.store,
+            ghl: &self.svc.ghl,
+            app: &self.svc.app,
+            policy,
+            owner: self.owner,
+            reconnect: switch,
+        }
+    }
+
+    /// Returns a grant with more than `min_validity` left, refreshing it under
+    /// the shared protocol when needed. `None` when it cannot be made usable
+    /// (revoked, in doubt, missing).
+    async fn fresh_grant(&self, id: &InstallId, min_validity: u64) -> Result<Option<Install>, MintError> {
+        let policy = RefreshPolicy::with_lease(self.lease);
+        let switch = ReconnectSwitch::default();
+        let started = Instant::now();
+        loop {
+            let Some(current) = self.svc.store.get(id).await? else {
+                return Ok(None);
+            };
+            if usable(&current, min_validity) {
+                return Ok(Some(current));
+            }
+            if !current.state.is_refreshable() {
+                return Ok(None);
+            }
+            let threshold = now_secs() + min_validity as i64 + 1;
+            match self
+                .refresher(&policy, &switch)
+                .refresh(id, LeaseWhen::ExpiresBefore(threshold))
+                .await?
+            {
+                Outcome::Refreshed(i) | Outcome::Recovered(i) | Outcome::NotNeeded(i) if usable(&i, min_validity) => {
+                    return Ok(Some(*i));
+                }
+                Outcome::Locked | Outcome::NotNeeded(_) | Outcome::Superseded | Outcome::Journaled => {
+                    // Someone else is refreshing it: wait for their result.
+                    if started.elapsed() > SINGLE_FLIGHT_WAIT {
+                        return Err(MintError::UpstreamUnavailable(format!(
+                            "{id} is being refreshed by another worker; retry shortly"
+                        )));
+                    }
+                    tokio::time::sleep(SINGLE_FLIGHT_POLL).await;
+                }
+                Outcome::Retrying { kind, retry_at } => {
+                    return Err(if kind == "rate_limited" {
+                        MintError::RateLimited {
+                            retry_after_secs: (retry_at - now_secs()).max(1) as u64,
+                        }
+                    } else {
+                        MintError::UpstreamUnavailable(format!(
+                            "HighLevel failed to refresh {id} ({kind}); retry with backoff"
+                        ))
+                    });
+                }
+                Outcome::Suspended => {
+                    return Err(MintError::UpstreamUnavailable(
+                        "HighLevel says the location is not active; retry in a few hours".into(),
+                    ));
+                }
+                Outcome::Revoked | Outcome::InDoubt | Outcome::Missing | Outcome::Skipped(_) | Outcome::Refreshed(_) | Outcome::Recovered(_) => {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    pub async fn mint(&self, req: &MintRequest) -> Result<MintResponse, MintError> {
+        let loc = &req.location_id;
+        let minted_id = InstallId::Minted(loc.clone());
+        let min = req.min_validity_secs;
+        if let Some(cached) = self.svc.store.get(&minted_id).await?
+            && usable(&cached, min)
+        {
+            self.check_company(req, &cached)?;
+            return Ok(MintResponse::from_install(&cached, loc, "cache"));
+        }
+        if let Some(own) = self.fresh_grant(&InstallId::Location(loc.clone()), min).await? {
+            self.check_company(req, &own)?;
+            return Ok(MintResponse::from_install(&own, loc, "location-install"));
+        }
+        // A minted grant is a refreshable grant too: keep its chain alive if we can.
+        if let Some(minted) = self.fresh_grant(&minted_id, min).await? {
+            self.check_company(req, &minted)?;
+            return Ok(MintResponse::from_install(&minted, loc, "cache"));
+        }
+        let company_id = match &req.company_id {
+            Some(c) => c.clone(),
+            None => self.known_company(loc).await?.ok_or_else(|| {
+                MintError::InstallNotFound(format!(
+                    "no install is stored for location {loc} and the request names no companyId; pass companyId"
+                ))
+            })?,
+        };
+        self.mint_from_company(loc, &company_id, min).await
+    }
+
+    /// A request naming a company must match the stored grant's company.
+    fn check_company(&self, req: &MintRequest, i: &Install) -> Result<(), MintError> {
+        match (&req.company_id, &i.info.company_id) {
+            (Some(asked), Some(stored)) if asked != stored => Err(MintError::InvalidRequest(format!(
+                "location {} belongs to company {stored}, not {asked}",
+                req.location_id
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn known_company(&self, loc: &str) -> Result<Option<String>, MintError> {
+        for id in [InstallId::Minted(loc.into()), InstallId::Location(loc.into())] {
+            if let Some(i) = self.svc.store.get(&id).await?
+                && let Some(c) = i.info.company_id
+            {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn company_grant(&self, company_id: &str) -> Result<Install, MintError> {
+        let id = InstallId::Company(company_id.to_owned());
+        let stored = self.svc.store.get(&id).await?.ok_or_else(|| {
+            MintError::InstallNotFound(format!(
+                "company {company_id} has not installed the app (no agency install is stored); install it from the marketplace"
+            ))
+        })?;
+        if !stored.state.is_refreshable() {
+            return Err(MintError::NeedsReauthorization(format!(
+                "the agency grant for company {company_id} is {} ({}); the agency must reinstall the app",
+                stored.state.as_str(),
+                stored.state_reason.as_deref().unwrap_or("no reason recorded")
+            )));
+        }
+        self.fresh_grant(&id, COMPANY_MIN_VALIDITY as u64).await?.ok_or_else(|| {
+            MintError::NeedsReauthorization(format!(
+                "the agency grant for company {company_id} could not be refreshed; the agency must reinstall the app"
+            ))
+        })
+    }
+
+    async fn mint_from_company(&self, loc: &str, company_id: &str, min: u64) -> Result<MintResponse, MintError> {
+        let minted_id = InstallId::Minted(loc.to_owned());
+        let started = Instant::now();
+        loop {
+            if self.svc.store.try_lock(&format!("mint#{loc}"), self.owner, self.lease).await? {
+                let result = self.mint_locked(loc, company_id).await;
+                self.svc.store.unlock(&format!("mint#{loc}"), self.owner).await?;
+                return result;
+            }
+            // Another invocation is minting this location: wait for its token.
+            tokio::time::sleep(SINGLE_FLIGHT_POLL).await;
+            if let Some(i) = self.svc.store.get(&minted_id).await?
+                && usable(&i, min)
+            {
+                return Ok(MintResponse::from_install(&i, loc, "cache"));
+            }
+            if started.elapsed() > SINGLE_FLIGHT_WAIT {
+                return Err(MintError::UpstreamUnavailable(format!(
+                    "another worker is minting a token for location {loc}; retry shortly"
+                )));
+            }
+        }
+    }
+
+    async fn mint_locked(&self, loc: &str, company_id: &str) -> Result<MintResponse, MintError> {
+        let company = self.company_grant(company_id).await?;
+        let grant = self
+            .svc
+            .ghl
+            .location_token(&company.access_token, company_id, loc)
+            .await
+            .map_err(|e| match e {
+                GhlError::Rejected { status: 400 | 403 | 404, message, .. } => MintError::LocationNotInstalled(format!(
+                    "HighLevel will not mint a token for location {loc} under company {company_id} ({message}); the app must be installed on that location"
+                )),
+                GhlError::LocationNotActive { .. } => MintError::UpstreamUnavailable(format!(
+                    "HighLevel says location {loc} is not active; retry in a few hours"
+                )),
+                other => from_ghl(other, "minting a location token"),
+            })?;
+        let refresh_token = grant.refresh_token.clone().ok_or_else(|| {
+            MintError::UpstreamUnavailable("HighLevel's location token carried no refresh token".into())
+        })?;
+        let pair = TokenPair {
+            access_token: grant.access_token.clone(),
+            refresh_token,
+            expires_at: now_secs() + grant.expires_in as i64,
+        };
+        let info = GrantInfo {
+            user_type: Some(UserType::Location),
+            company_id: Some(company_id.to_owned()),
+            location_id: Some(loc.to_owned()),
+            ..grant.info()
+        };
+        let stored = self
+            .svc
+            .store
+            .save_grant(&InstallId::Minted(loc.to_owned()), &pair, &info, "minted from the company grant")
+            .await?;
+        Ok(MintResponse::from_install(&stored, loc, "minted"))
+    }
+
+    pub async fn installed_locations(&self, company_id: &str) -> Result<InstalledLocations, MintError> {
+        let app_id = self
+            .app_id
+            .or(self.svc.app.app_id.as_deref())
+            .ok_or_else(|| MintError::Internal("no app id: set app_id in the app secret or GHL_APP_ID".into()))?;
+        let company = self.company_grant(company_id).await?;
+        let mut locations = Vec::new();
+        let mut skip = 0;
+        loop {
+            let page = self
+                .svc
+                .ghl
+                .installed_locations(&company.access_token, company_id, app_id, skip, PAGE_LIMIT)
+                .await
+                .map_err(|e| from_ghl(e, "listing installed locations"))?;
+            let n = page.locations.len() as u64;
+            locations.extend(page.locations);
+            skip += n;
+            if n == 0 || skip >= page.count {
+                return Ok(InstalledLocations {
+                    company_id: company_id.to_owned(),
+                    count: page.count.max(skip),
+                    locations,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_valid_requests() {
+        assert_eq!(
+            parse_request(&json!({"locationId": "loc_1", "companyId": "c-1", "minValiditySeconds": 60})).unwrap(),
+            Request::Mint(MintRequest {
+                location_id: "loc_1".into(),
+                company_id: Some("c-1".into()),
+                min_validity_secs: 60
+            })
+        );
+        assert_eq!(
+            parse_request(&json!({"locationId": "l"})).unwrap(),
+            Request::Mint(MintRequest {
+                location_id: "l".into(),
+                company_id: None,
+                min_validity_secs: DEFAULT_MIN_VALIDITY
+            })
+        );
+        assert_eq!(
+            parse_request(&json!({"action": "listInstalledLocations", "companyId": "c"})).unwrap(),
+            Request::ListInstalledLocations { company_id: "c".into() }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_a_reason() {
+        let cases = [
+            (json!([]), "JSON object"),
+            (json!({}), "locationId is required"),
+            (json!({"locationId": ""}), "locationId is empty"),
+            (json!({"locationId": 42}), "must be a string, not a number"),
+            (json!({"locationId": "x".repeat(10_240)}), "at most 64"),
+            (json!({"locationId": "a/b"}), "only letters"),
+            (json!({"locationId": "l", "minValiditySeconds": "soon"}), "must be a number"),
+            (json!({"locationId": "l", "minValiditySeconds": -1}), "whole number"),
+            (json!({"locationId": "l", "minValiditySeconds": 100_000}), "whole number"),
+            (json!({"action": "deleteEverything"}), "unknown action"),
+            (json!({"action": "listInstalledLocations"}), "companyId is required"),
+        ];
+        for (input, expect) in cases {
+            let err = parse_request(&input).unwrap_err();
+            assert_eq!(err.error_type(), "InvalidRequest");
+            assert!(err.to_string().contains(expect), "{input}: {err}");
+            assert!(err.to_string().len() < 300, "error echoes the oversized input");
+        }
+    }
+
+    #[test]
+    fn response_serialises_camel_case_without_refresh_token() {
+        let r = MintResponse {
+            access_token: SecretString::new("at"),
+            token_type: "Bearer",
+            expires_at: rfc3339(1_795_420_800),
+            expires_in: 100,
+            scope: Some("a b".into()),
+            location_id: "l".into(),
+            company_id: Some("c".into()),
+            user_type: "Location",
+            source: "minted",
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["accessToken"], "at");
+        assert_eq!(v["expiresAt"], "2026-11-23T08:00:00Z");
+        assert!(v.get("refreshToken").is_none());
+    }
+}
