@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Brings the local stack up and runs one install end to end:
+#   moto (DynamoDB + Secrets Manager) -> bootstrap table and secret ->
+#   HighLevel simulator -> functions under `cargo lambda watch` ->
+#   consent page -> oauth-callback -> the install as stored in DynamoDB.
+# Then keeps the stack running until Ctrl-C (pass --once to stop after the demo).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+ONCE=false
+[ "${1:-}" = "--once" ] && ONCE=true
+MOTO_PORT=${MOTO_PORT:-5055}
+SIM_PORT=${SIM_PORT:-8700}
+LAMBDA_PORT=${LAMBDA_PORT:-9000}
+
+ensure_pip cargo-lambda cargo-lambda
+log "building the workspace (debug)"
+cargo build --workspace --bins --locked
+
+start_moto "$MOTO_PORT"
+
+export INSTALLS_TABLE=ghl-installs-local
+export GHL_APP_SECRET_ID=ghl-app-local
+export GHL_CLIENT_ID=sim-client-id GHL_CLIENT_SECRET=sim-client-secret GHL_APP_ID=sim-app-id
+log "bootstrap: table and app secret in moto"
+target/debug/installs-admin bootstrap
+
+log "HighLevel simulator on 127.0.0.1:$SIM_PORT"
+target/debug/ghl-sim --listen "127.0.0.1:$SIM_PORT" --client-id "$GHL_CLIENT_ID" --client-secret "$GHL_CLIENT_SECRET" --app-id "$GHL_APP_ID" \
+  >"$STATE_DIR/ghl-sim.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$SIM_PORT/_sim/health" 30
+
+CALLBACK="http://127.0.0.1:$LAMBDA_PORT/lambda-url/oauth-callback"
+export GHL_API_BASE_URL="http://127.0.0.1:$SIM_PORT"
+export GHL_REDIRECT_URI="$CALLBACK"
+export RUST_LOG=info
+log "functions under cargo lambda watch on 127.0.0.1:$LAMBDA_PORT"
+cargo lambda watch -A 127.0.0.1 -P "$LAMBDA_PORT" >"$STATE_DIR/lambda.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$LAMBDA_PORT/" 300
+
+COMPANY=demo-company
+log "1. consent page: the simulator approves and redirects with a fresh code"
+CONSENT="http://127.0.0.1:$SIM_PORT/v2/oauth/chooselocation?response_type=code&client_id=$GHL_CLIENT_ID&redirect_uri=$(python3 -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.argv[1],safe=""))' "$CALLBACK")&scope=oauth.readonly%20oauth.write%20contacts.readonly&sim_user_type=Company&sim_company_id=$COMPANY"
+REDIRECT=$(curl -s -o /dev/null -w '%{redirect_url}' "$CONSENT")
+echo "   redirected to: ${REDIRECT%%\?*}?code=<redacted>"
+
+log "2. oauth-callback exchanges the code and stores the install"
+PAGE=$(curl -s -w '\n%{http_code}' "$REDIRECT")
+STATUS=$(tail -n1 <<<"$PAGE")
+echo "   HTTP $STATUS: $(sed '$d' <<<"$PAGE" | sed -e 's/<[^>]*>/ /g' | tr -s ' ' | grep -o 'App [a-z]*installed.*HighLevel\.' || true)"
+[ "$STATUS" = 200 ] || { echo "error: the callback answered $STATUS; see $STATE_DIR/lambda.log" >&2; exit 1; }
+
+log "3. the install in DynamoDB (tokens encrypted, metadata readable)"
+target/debug/installs-admin list
+
+log "4. refresh-sweep invoked once (nothing is due yet: a fresh token has ~24 h left)"
+cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" refresh-sweep --data-file events/refresh-sweep/scheduled.json || true
+echo
+
+if $ONCE; then
+  log "done (--once): stopping the stack"
+  exit 0
+fi
+log "stack is up: moto $AWS_ENDPOINT_URL, simulator http://127.0.0.1:$SIM_PORT, functions http://127.0.0.1:$LAMBDA_PORT (Ctrl-C stops)"
+echo "   install again: open $CONSENT"
+echo "   logs: $STATE_DIR/{moto,ghl-sim,lambda}.log"
+wait
