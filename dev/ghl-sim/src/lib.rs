@@ -1,1 +1,1030 @@
+//! A HighLevel OAuth simulator: a real HTTP server that enforces HighLevel's
+//! rules (single-use refresh tokens above all), injects faults on demand,
+//! and keeps a ledger of every refresh token it issued and how often each
+//! was presented. Tests, the chaos run, the benchmark and `dev/up.sh` use it
+//! in place of HighLevel.
 
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub const API_VERSION: &str = "2021-07-28";
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    pub app_id: String,
+    pub version_id: String,
+    pub access_token_ttl_secs: u64,
+    pub code_ttl_secs: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            client_id: "sim-client-id".into(),
+            client_secret: "sim-client-secret".into(),
+            app_id: "sim-app-id".into(),
+            version_id: "sim-version-id".into(),
+            access_token_ttl_secs: 86_399,
+            code_ttl_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UserType {
+    Company,
+    Location,
+}
+
+impl UserType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Company => "Company",
+            Self::Location => "Location",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentTarget {
+    pub user_type: UserType,
+    pub company_id: String,
+    pub location_id: Option<String>,
+    pub deny: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedGrant {
+    pub user_type: UserType,
+    pub company_id: String,
+    #[serde(default)]
+    pub location_id: Option<String>,
+    #[serde(default)]
+    pub access_token_ttl_secs: Option<u64>,
+}
+
+/// Standing faults, each rolled per API request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Faults {
+    pub latency_ms: u64,
+    pub error_5xx_rate: f64,
+    pub rate_limit_rate: f64,
+    pub drop_rate: f64,
+}
+
+/// One-shot faults, consumed in order by the next API requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Fault {
+    ServerError { status: u16 },
+    RateLimited,
+    /// Process the request fully (a refresh rotates), then cut the connection.
+    Drop,
+    Latency { ms: u64 },
+    InvalidClient,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenEntry {
+    pub refresh_token: String,
+    pub grant_id: String,
+    pub user_type: UserType,
+    pub company_id: String,
+    pub location_id: Option<String>,
+    pub live: bool,
+    /// Presentations the token service decided on (rotated, or rejected as used/revoked).
+    pub presented: u32,
+    /// Presentations answered `Location is not active`, which do not consume the token.
+    pub presented_while_inactive: u32,
+    pub issued_at_ms: u64,
+}
+
+fn short_fp(s: &str) -> String {
+    // Not cryptographic: only to tell entries apart in test output without showing them.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+impl fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("refresh_token", &format_args!("fp:{}", short_fp(&self.refresh_token)))
+            .field("grant_id", &self.grant_id)
+            .field("user_type", &self.user_type)
+            .field("company_id", &self.company_id)
+            .field("location_id", &self.location_id)
+            .field("live", &self.live)
+            .field("presented", &self.presented)
+            .field("presented_while_inactive", &self.presented_while_inactive)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    pub tokens: Vec<TokenEntry>,
+}
+
+impl Ledger {
+    pub fn presented_twice(&self) -> usize {
+        self.tokens.iter().filter(|t| t.presented >= 2).count()
+    }
+
+    pub fn is_live(&self, refresh_token: &str) -> bool {
+        self.tokens.iter().any(|t| t.live && t.refresh_token == refresh_token)
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.tokens.iter().filter(|t| t.live).count()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub code_exchanges: u64,
+    pub refreshes: u64,
+    pub refresh_rejections: u64,
+    pub location_mints: HashMap<String, u64>,
+    pub installed_locations_calls: u64,
+    pub faults_injected: u64,
+    pub unknown_refresh_tokens_presented: u64,
+}
+
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    user_type: UserType,
+    company_id: String,
+    location_id: Option<String>,
+    scope: String,
+    expires_at_ms: u64,
+    used: bool,
+}
+
+struct Grant {
+    user_type: UserType,
+    company_id: String,
+    location_id: Option<String>,
+    scope: String,
+    user_id: String,
+    revoked: bool,
+}
+
+struct TokenRec {
+    grant_id: String,
+    live: bool,
+    presented: u32,
+    presented_while_inactive: u32,
+    issued_at_ms: u64,
+}
+
+struct Access {
+    grant_id: String,
+    expires_at_ms: u64,
+}
+
+struct LocationInfo {
+    name: String,
+    installed_at_ms: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    codes: HashMap<String, Code>,
+    grants: HashMap<String, Grant>,
+    tokens: HashMap<String, TokenRec>,
+    issue_order: Vec<String>,
+    access: HashMap<String, Access>,
+    locations: BTreeMap<String, BTreeMap<String, LocationInfo>>,
+    inactive: HashSet<String>,
+    counters: Counters,
+    next_grant: u64,
+}
+
+struct Shared {
+    cfg: Mutex<SimConfig>,
+    inner: Mutex<Inner>,
+    faults: Mutex<(Faults, VecDeque<Fault>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-updated in a way that matters to a test double.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+}
+
+fn trace_id() -> String {
+    format!("sim-{}", random_hex(8))
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct Sim {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Sim {
+    pub async fn start(cfg: SimConfig) -> std::io::Result<Sim> {
+        Self::start_on(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(cfg: SimConfig, addr: SocketAddr) -> std::io::Result<Sim> {
+        let shared = Arc::new(Shared {
+            cfg: Mutex::new(cfg),
+            inner: Mutex::new(Inner::default()),
+            faults: Mutex::new((Faults::default(), VecDeque::new())),
+        });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Sim {
+            addr,
+            shared,
+            shutdown: Some(tx),
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server now.
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn consent_url(&self, redirect_uri: &str, target: &ConsentTarget) -> String {
+        let cfg = lock(&self.shared.cfg);
+        let mut q: Vec<(&str, String)> = vec![
+            ("response_type", "code".into()),
+            ("client_id", cfg.client_id.clone()),
+            ("redirect_uri", redirect_uri.into()),
+            ("scope", "oauth.readonly oauth.write contacts.readonly".into()),
+            ("sim_user_type", target.user_type.as_str().into()),
+            ("sim_company_id", target.company_id.clone()),
+        ];
+        if let Some(l) = &target.location_id {
+            q.push(("sim_location_id", l.clone()));
+        }
+        if target.deny {
+            q.push(("sim_deny", "1".into()));
+        }
+        let query = serde_urlencoded::to_string(&q).unwrap_or_default();
+        format!("{}/v2/oauth/chooselocation?{query}", self.base_url())
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        lock(&self.shared.faults).0 = f;
+    }
+
+    pub fn push_fault(&self, f: Fault) {
+        lock(&self.shared.faults).1.push_back(f);
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        self.shared.ledger()
+    }
+
+    pub fn seed_grant(&self, g: SeedGrant) -> Value {
+        self.shared.seed(g)
+    }
+
+    pub fn add_locations(&self, company_id: &str, locations: &[(&str, &str)]) {
+        let mut inner = lock(&self.shared.inner);
+        let entry = inner.locations.entry(company_id.to_owned()).or_default();
+        for (id, name) in locations {
+            entry.entry((*id).to_owned()).or_insert(LocationInfo {
+                name: (*name).to_owned(),
+                installed_at_ms: now_ms(),
+            });
+        }
+    }
+
+    pub fn set_location_active(&self, location_id: &str, active: bool) {
+        let mut inner = lock(&self.shared.inner);
+        if active {
+            inner.inactive.remove(location_id);
+        } else {
+            inner.inactive.insert(location_id.to_owned());
+        }
+    }
+
+    pub fn revoke(&self, user_type: UserType, id: &str) {
+        self.shared.revoke(user_type, id);
+    }
+
+    pub fn set_client_secret(&self, secret: &str) {
+        lock(&self.shared.cfg).client_secret = secret.to_owned();
+    }
+
+    pub fn counters(&self) -> Counters {
+        lock(&self.shared.inner).counters.clone()
+    }
+}
+
+impl Shared {
+    fn ledger(&self) -> Ledger {
+        let inner = lock(&self.inner);
+        let tokens = inner
+            .issue_order
+            .iter()
+            .filter_map(|t| {
+                let rec = inner.tokens.get(t)?;
+                let g = inner.grants.get(&rec.grant_id)?;
+                Some(TokenEntry {
+                    refresh_token: t.clone(),
+                    grant_id: rec.grant_id.clone(),
+                    user_type: g.user_type,
+                    company_id: g.company_id.clone(),
+                    location_id: g.location_id.clone(),
+                    live: rec.live,
+                    presented: rec.presented,
+                    presented_while_inactive: rec.presented_while_inactive,
+                    issued_at_ms: rec.issued_at_ms,
+                })
+            })
+            .collect();
+        Ledger { tokens }
+    }
+
+    fn seed(&self, g: SeedGrant) -> Value {
+        let cfg = lock(&self.cfg).clone();
+        let mut inner = lock(&self.inner);
+        let grant_id = inner.new_grant(g.user_type, &g.company_id, g.location_id.as_deref(), "oauth.readonly oauth.write contacts.readonly");
+        let ttl = g.access_token_ttl_secs.unwrap_or(cfg.access_token_ttl_secs);
+        inner.token_response(&cfg, &grant_id, ttl)
+    }
+
+    fn revoke(&self, user_type: UserType, id: &str) {
+        let mut inner = lock(&self.inner);
+        let ids: Vec<String> = inner
+            .grants
+            .iter()
+            .filter(|(_, g)| {
+                g.user_type == user_type
+                    && match user_type {
+                        UserType::Company => g.company_id == id,
+                        UserType::Location => g.location_id.as_deref() == Some(id),
+                    }
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for gid in &ids {
+            if let Some(g) = inner.grants.get_mut(gid) {
+                g.revoked = true;
+            }
+        }
+        for rec in inner.tokens.values_mut() {
+            if ids.contains(&rec.grant_id) {
+                rec.live = false;
+            }
+        }
+        inner.access.retain(|_, a| !ids.contains(&a.grant_id));
+    }
+
+    /// Decides the fault for one API request: a queued one first, else the standing ones.
+    fn decide(&self) -> (u64, Option<Fault>) {
+        let mut f = lock(&self.faults);
+        let standing_latency = f.0.latency_ms;
+        if let Some(q) = f.1.pop_front() {
+            return match q {
+                Fault::Latency { ms } => (ms, None),
+                other => (standing_latency, Some(other)),
+            };
+        }
+        let mut rng = rand::rng();
+        let roll: f64 = rng.random();
+        let (e, r, d) = (f.0.error_5xx_rate, f.0.rate_limit_rate, f.0.drop_rate);
+        let fault = if roll < e {
+            Some(Fault::ServerError { status: 503 })
+        } else if roll < e + r {
+            Some(Fault::RateLimited)
+        } else if roll < e + r + d {
+            Some(Fault::Drop)
+        } else {
+            None
+        };
+        (standing_latency, fault)
+    }
+}
+
+impl Inner {
+    fn new_grant(&mut self, user_type: UserType, company_id: &str, location_id: Option<&str>, scope: &str) -> String {
+        self.next_grant += 1;
+        let id = format!("grant-{}", self.next_grant);
+        self.grants.insert(
+            id.clone(),
+            Grant {
+                user_type,
+                company_id: company_id.to_owned(),
+                location_id: location_id.map(str::to_owned),
+                scope: scope.to_owned(),
+                user_id: format!("user-{}", random_hex(4)),
+                revoked: false,
+            },
+        );
+        id
+    }
+
+    fn issue(&mut self, grant_id: &str, ttl_secs: u64) -> (String, String) {
+        let access = format!("eyJ{}.{}.{}", random_hex(12), random_hex(24), random_hex(16));
+        let refresh = format!("rt-{}", random_hex(24));
+        let now = now_ms();
+        self.access.insert(
+            access.clone(),
+            Access {
+                grant_id: grant_id.to_owned(),
+                expires_at_ms: now + ttl_secs * 1000,
+            },
+        );
+        self.tokens.insert(
+            refresh.clone(),
+            TokenRec {
+                grant_id: grant_id.to_owned(),
+                live: true,
+                presented: 0,
+                presented_while_inactive: 0,
+                issued_at_ms: now,
+            },
+        );
+        self.issue_order.push(refresh.clone());
+        (access, refresh)
+    }
+
+    fn token_response(&mut self, cfg: &SimConfig, grant_id: &str, ttl: u64) -> Value {
+        let (access, refresh) = self.issue(grant_id, ttl);
+        let g = &self.grants[grant_id];
+        let mut body = json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "refresh_token": refresh,
+            "scope": g.scope,
+            "userType": g.user_type.as_str(),
+            "companyId": g.company_id,
+            "userId": g.user_id,
+            "planId": "sim-plan",
+            "isBulkInstallation": false,
+            "refreshTokenId": format!("rtid-{}", random_hex(6)),
+            "simExtraField": {"note": "clients must ignore unknown fields"},
+        });
+        match g.user_type {
+            UserType::Location => {
+                body["locationId"] = json!(g.location_id);
+                body["approvedLocations"] = json!([g.location_id]);
+            }
+            UserType::Company => {
+                let locs: Vec<&String> = self
+                    .locations
+                    .get(&g.company_id)
+                    .map(|m| m.keys().collect())
+                    .unwrap_or_default();
+                body["approvedLocations"] = json!(locs);
+                body["installToFutureLocations"] = json!(false);
+                body["approveAllLocations"] = json!(false);
+            }
+        }
+        let _ = cfg;
+        body
+    }
+}
+
+// ---- HTTP ---------------------------------------------------------------
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v2/oauth/chooselocation", get(consent))
+        .route("/oauth/token", post(token))
+        .route("/oauth/locationToken", post(location_token))
+        .route("/oauth/installedLocations", get(installed_locations))
+        .route("/oauth/reconnect", post(reconnect))
+        .route("/_sim/health", get(|| async { Json(json!({"ok": true})) }))
+        .route("/_sim/ledger", get(ctl_ledger))
+        .route("/_sim/counters", get(ctl_counters))
+        .route("/_sim/faults", post(ctl_faults))
+        .route("/_sim/faults/queue", post(ctl_queue))
+        .route("/_sim/seed", post(ctl_seed))
+        .route("/_sim/locations", post(ctl_locations))
+        .route("/_sim/locations/{id}/active", post(ctl_active))
+        .route("/_sim/revoke", post(ctl_revoke))
+        .route("/_sim/client-secret", post(ctl_secret))
+        .with_state(shared)
+}
+
+use axum::Json;
+
+fn rate_headers(resp: &mut Response, remaining: u64) {
+    let h = resp.headers_mut();
+    h.insert("x-ratelimit-limit-daily", HeaderValue::from_static("200000"));
+    h.insert("x-ratelimit-daily-remaining", HeaderValue::from_static("199000"));
+    h.insert("x-ratelimit-interval-milliseconds", HeaderValue::from_static("10000"));
+    h.insert("x-ratelimit-max", HeaderValue::from_static("100"));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+}
+
+fn api_json(status: StatusCode, body: Value) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    rate_headers(&mut r, 99);
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<Value>) -> Response {
+    let mut body = json!({"statusCode": status.as_u16(), "message": message.into()});
+    if status == StatusCode::UNAUTHORIZED {
+        body["error"] = json!("Unauthorized");
+    } else {
+        body["traceId"] = json!(trace_id());
+        if status == StatusCode::UNPROCESSABLE_ENTITY {
+            body["error"] = json!("Unprocessable Entity");
+        }
+    }
+    api_json(status, body)
+}
+
+/// A body that fails at once: the client gets the head, then a broken connection.
+struct Broken;
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::other("simulated dropped response"))))
+    }
+}
+
+fn dropped() -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::new(Broken))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Runs an API request through the fault gate, then processes it in its own
+/// task so a client that gives up cannot cancel it (as on a real server).
+async fn gated<F>(shared: Arc<Shared>, process: F) -> Response
+where
+    F: FnOnce(&Shared) -> Response + Send + 'static,
+{
+    let (latency, fault) = shared.decide();
+    let task = tokio::spawn(async move {
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if fault.is_some() {
+            lock(&shared.inner).counters.faults_injected += 1;
+        }
+        match fault {
+            Some(Fault::ServerError { status }) => {
+                let s = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                api_json(s, json!({"statusCode": s.as_u16(), "message": s.canonical_reason().unwrap_or("Server Error")}))
+            }
+            Some(Fault::RateLimited) => {
+                let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"statusCode": 429, "message": "Too Many Requests"}))).into_response();
+                rate_headers(&mut r, 0);
+                r
+            }
+            Some(Fault::InvalidClient) => error(StatusCode::UNAUTHORIZED, "Invalid client credentials"),
+            Some(Fault::Drop) => {
+                let _ = process(&shared);
+                dropped()
+            }
+            Some(Fault::Latency { .. }) | None => process(&shared),
+        }
+    });
+    task.await.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn html(status: StatusCode, text: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], format!("<!doctype html><title>HighLevel simulator</title><p>{text}</p>")).into_response()
+}
+
+async fn consent(State(shared): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let cfg = lock(&shared.cfg).clone();
+    if q.get("client_id") != Some(&cfg.client_id) {
+        return html(StatusCode::BAD_REQUEST, "Unknown client_id");
+    }
+    let Some(redirect_uri) = q.get("redirect_uri").filter(|r| !r.is_empty()) else {
+        return html(StatusCode::BAD_REQUEST, "redirect_uri is required");
+    };
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    if q.get("sim_deny").map(String::as_str) == Some("1") {
+        let to = format!("{redirect_uri}{sep}error=access_denied&error_description=The+user+denied+access");
+        return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+    }
+    let user_type = match q.get("sim_user_type").map(String::as_str) {
+        Some("Location") => UserType::Location,
+        _ => UserType::Company,
+    };
+    let company_id = q.get("sim_company_id").cloned().unwrap_or_else(|| "sim-company".into());
+    let location_id = q.get("sim_location_id").cloned();
+    if user_type == UserType::Location && location_id.is_none() {
+        return html(StatusCode::BAD_REQUEST, "sim_location_id is required for a Location install");
+    }
+    let code = random_hex(20);
+    let mut inner = lock(&shared.inner);
+    if let Some(l) = &location_id {
+        inner
+            .locations
+            .entry(company_id.clone())
+            .or_default()
+            .entry(l.clone())
+            .or_insert(LocationInfo {
+                name: l.clone(),
+                installed_at_ms: now_ms(),
+            });
+    }
+    inner.codes.insert(
+        code.clone(),
+        Code {
+            client_id: cfg.client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            user_type,
+            company_id,
+            location_id,
+            scope: q.get("scope").cloned().unwrap_or_default(),
+            expires_at_ms: now_ms() + cfg.code_ttl_secs * 1000,
+            used: false,
+        },
+    );
+    (StatusCode::FOUND, [(header::LOCATION, format!("{redirect_uri}{sep}code={code}"))]).into_response()
+}
+
+fn form(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, Response> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!(["body must be application/x-www-form-urlencoded"]),
+        ));
+    }
+    serde_urlencoded::from_bytes(body).map_err(|_| error(StatusCode::UNPROCESSABLE_ENTITY, json!(["body is not a valid form"])))
+}
+
+fn require(f: &HashMap<String, String>, fields: &[&str]) -> Result<(), Response> {
+    let missing: Vec<String> = fields
+        .iter()
+        .filter(|k| f.get(**k).is_none_or(|v| v.is_empty()))
+        .map(|k| format!("{k} should not be empty"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(error(StatusCode::UNPROCESSABLE_ENTITY, json!(missing)))
+    }
+}
+
+async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = match form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    gated(shared, move |s| token_process(s, &f)).await
+}
+
+fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
+    if let Err(r) = require(f, &["client_id", "client_secret", "grant_type"]) {
+        return r;
+    }
+    let cfg = lock(&s.cfg).clone();
+    if f["client_id"] != cfg.client_id || f["client_secret"] != cfg.client_secret {
+        return error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
+    }
+    let mut inner = lock(&s.inner);
+    match f["grant_type"].as_str() {
+        "authorization_code" => {
+            if let Err(r) = require(f, &["code"]) {
+                return r;
+            }
+            let now = now_ms();
+            let redirect = f.get("redirect_uri").cloned().unwrap_or_default();
+            let Some(code) = inner.codes.get_mut(&f["code"]) else {
+                return error(StatusCode::BAD_REQUEST, "Invalid grant: authorization code is invalid");
+            };
+            let valid = !code.used && code.expires_at_ms > now && code.client_id == cfg.client_id && code.redirect_uri == redirect;
+            code.used = true;
+            if !valid {
+                return error(StatusCode::BAD_REQUEST, "Invalid grant: authorization code is invalid");
+            }
+            let (ut, c, l, scope) = (code.user_type, code.company_id.clone(), code.location_id.clone(), code.scope.clone());
+            let gid = inner.new_grant(ut, &c, l.as_deref(), &scope);
+            inner.counters.code_exchanges += 1;
+            api_json(StatusCode::OK, inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs))
+        }
+        "refresh_token" => {
+            if let Err(r) = require(f, &["refresh_token"]) {
+                return r;
+            }
+            let rt = &f["refresh_token"];
+            let Some(rec) = inner.tokens.get(rt) else {
+                inner.counters.unknown_refresh_tokens_presented += 1;
+                inner.counters.refresh_rejections += 1;
+                return error(StatusCode::BAD_REQUEST, "Invalid grant: refresh token is invalid");
+            };
+            let gid = rec.grant_id.clone();
+            let live = rec.live;
+            let grant = &inner.grants[&gid];
+            let inactive = grant.user_type == UserType::Location
+                && grant.location_id.as_ref().is_some_and(|l| inner.inactive.contains(l));
+            if live && inactive {
+                if let Some(r) = inner.tokens.get_mut(rt) {
+                    r.presented_while_inactive += 1;
+                }
+                return error(StatusCode::BAD_REQUEST, "Location is not active");
+            }
+            if let Some(r) = inner.tokens.get_mut(rt) {
+                r.presented += 1;
+                r.live = false;
+            }
+            if !live {
+                inner.counters.refresh_rejections += 1;
+                return error(StatusCode::BAD_REQUEST, "Invalid grant: refresh token is invalid");
+            }
+            inner.counters.refreshes += 1;
+            api_json(StatusCode::OK, inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs))
+        }
+        _ => error(StatusCode::UNPROCESSABLE_ENTITY, json!(["grant_type must be one of authorization_code, refresh_token"])),
+    }
+}
+
+/// The Company grant behind a bearer token, or the 401 HighLevel gives.
+fn company_bearer(inner: &Inner, headers: &HeaderMap) -> Result<String, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let unauthorized = || error(StatusCode::UNAUTHORIZED, "Invalid JWT");
+    let a = inner.access.get(token).ok_or_else(unauthorized)?;
+    if a.expires_at_ms <= now_ms() {
+        return Err(unauthorized());
+    }
+    let g = inner.grants.get(&a.grant_id).ok_or_else(unauthorized)?;
+    if g.revoked || g.user_type != UserType::Company {
+        return Err(unauthorized());
+    }
+    Ok(a.grant_id.clone())
+}
+
+fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+    match headers.get("version").and_then(|v| v.to_str().ok()) {
+        Some(API_VERSION) => Ok(()),
+        _ => Err(error(StatusCode::BAD_REQUEST, "Invalid parameter: Version")),
+    }
+}
+
+async fn location_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = match form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    gated(shared, move |s| {
+        let cfg = lock(&s.cfg).clone();
+        let mut inner = lock(&s.inner);
+        let gid = match company_bearer(&inner, &headers) {
+            Ok(g) => g,
+            Err(r) => return r,
+        };
+        if let Err(r) = check_version(&headers) {
+            return r;
+        }
+        if let Err(r) = require(&f, &["companyId", "locationId"]) {
+            return r;
+        }
+        let (company, loc) = (f["companyId"].clone(), f["locationId"].clone());
+        if inner.grants[&gid].company_id != company {
+            return error(StatusCode::BAD_REQUEST, "Invalid parameter: companyId");
+        }
+        if !inner.locations.get(&company).is_some_and(|m| m.contains_key(&loc)) {
+            return error(StatusCode::BAD_REQUEST, "Location not found or app not installed for this location");
+        }
+        if inner.inactive.contains(&loc) {
+            return error(StatusCode::BAD_REQUEST, "Location is not active");
+        }
+        let scope = inner.grants[&gid].scope.clone();
+        let new = inner.new_grant(UserType::Location, &company, Some(&loc), &scope);
+        *inner.counters.location_mints.entry(loc.clone()).or_default() += 1;
+        let mut body = inner.token_response(&cfg, &new, cfg.access_token_ttl_secs);
+        body["appId"] = json!(cfg.app_id);
+        body["versionId"] = json!(cfg.version_id);
+        body["traceId"] = json!(trace_id());
+        api_json(StatusCode::OK, body)
+    })
+    .await
+}
+
+async fn installed_locations(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    gated(shared, move |s| {
+        let cfg = lock(&s.cfg).clone();
+        let mut inner = lock(&s.inner);
+        let gid = match company_bearer(&inner, &headers) {
+            Ok(g) => g,
+            Err(r) => return r,
+        };
+        if let Err(r) = check_version(&headers) {
+            return r;
+        }
+        if let Err(r) = require(&q, &["companyId", "appId"]) {
+            return r;
+        }
+        if q["appId"] != cfg.app_id {
+            return error(StatusCode::BAD_REQUEST, "Invalid parameter: appId");
+        }
+        let company = &q["companyId"];
+        if &inner.grants[&gid].company_id != company {
+            return error(StatusCode::BAD_REQUEST, "Invalid parameter: companyId");
+        }
+        let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(d);
+        let (skip, limit) = (num("skip", 0), num("limit", 20).clamp(1, 100));
+        let all: Vec<Value> = inner
+            .locations
+            .get(company)
+            .map(|m| {
+                m.iter()
+                    .filter(|(id, info)| {
+                        q.get("query").is_none_or(|n| info.name.contains(n.as_str()))
+                            && q.get("locationId").is_none_or(|l| l == *id)
+                    })
+                    .map(|(id, info)| {
+                        json!({"_id": id, "name": info.name, "address": "1 Simulated Way", "isInstalled": true,
+                               "versionId": cfg.version_id, "installedAt": info.installed_at_ms.to_string()})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        inner.counters.installed_locations_calls += 1;
+        let page: Vec<&Value> = all.iter().skip(skip).take(limit).collect();
+        api_json(StatusCode::OK, json!({"locations": page, "count": all.len(), "installToFutureLocations": false}))
+    })
+    .await
+}
+
+async fn reconnect(State(shared): State<Arc<Shared>>) -> Response {
+    gated(shared, |_| {
+        api_json(
+            StatusCode::BAD_REQUEST,
+            json!({"message": "API endpoint has been removed", "error": "Bad Request", "statusCode": 400}),
+        )
+    })
+    .await
+}
+
+// ---- control ------------------------------------------------------------
+
+async fn ctl_ledger(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let l = s.ledger();
+    Json(json!({"tokens": l.tokens, "presentedTwice": l.presented_twice(), "liveCount": l.live_count()}))
+}
+
+async fn ctl_counters(State(s): State<Arc<Shared>>) -> Json<Counters> {
+    Json(lock(&s.inner).counters.clone())
+}
+
+async fn ctl_faults(State(s): State<Arc<Shared>>, Json(f): Json<Faults>) -> StatusCode {
+    lock(&s.faults).0 = f;
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            Self::One(t) => vec![t],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+async fn ctl_queue(State(s): State<Arc<Shared>>, Json(f): Json<OneOrMany<Fault>>) -> StatusCode {
+    lock(&s.faults).1.extend(f.into_vec());
+    StatusCode::NO_CONTENT
+}
+
+async fn ctl_seed(State(s): State<Arc<Shared>>, Json(g): Json<OneOrMany<SeedGrant>>) -> Json<Vec<Value>> {
+    Json(g.into_vec().into_iter().map(|g| s.seed(g)).collect())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LocationsBody {
+    company_id: String,
+    locations: Vec<LocationBody>,
+}
+
+#[derive(Deserialize)]
+struct LocationBody {
+    id: String,
+    name: String,
+}
+
+async fn ctl_locations(State(s): State<Arc<Shared>>, Json(b): Json<LocationsBody>) -> StatusCode {
+    let mut inner = lock(&s.inner);
+    let entry = inner.locations.entry(b.company_id).or_default();
+    for l in b.locations {
+        entry.entry(l.id).or_insert(LocationInfo {
+            name: l.name,
+            installed_at_ms: now_ms(),
+        });
+    }
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct ActiveBody {
+    active: bool,
+}
+
+async fn ctl_active(State(s): State<Arc<Shared>>, Path(id): Path<String>, Json(b): Json<ActiveBody>) -> StatusCode {
+    let mut inner = lock(&s.inner);
+    if b.active {
+        inner.inactive.remove(&id);
+    } else {
+        inner.inactive.insert(id);
+    }
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeBody {
+    user_type: UserType,
+    id: String,
+}
+
+async fn ctl_revoke(State(s): State<Arc<Shared>>, Json(b): Json<RevokeBody>) -> StatusCode {
+    s.revoke(b.user_type, &b.id);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretBody {
+    client_secret: String,
+}
+
+async fn ctl_secret(State(s): State<Arc<Shared>>, Json(b): Json<SecretBody>) -> StatusCode {
+    lock(&s.cfg).client_secret = b.client_secret;
+    StatusCode::NO_CONTENT
+}
