@@ -1,0 +1,405 @@
+//! A local stack for one test: a fresh table and app secret in moto, a
+//! HighLevel simulator, and a Lambda Runtime API emulator for the function
+//! processes. Each test gets its own table and secret, so tests run in
+//! parallel against one moto server.
+
+use crate::{FunctionProcess, RuntimeApi, workspace_bin};
+use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine;
+use ghl_sim::{Sim, SimConfig};
+use rand::RngCore;
+use serde_json::{Value, json};
+use shared::app_secret::AppSecret;
+use shared::config::{DuePolicy, GhlConfig};
+use shared::ghl::GhlClient;
+use shared::services::Services;
+use shared::model::{GrantInfo, InstallId, TokenPair};
+use shared::redact::SecretString;
+use shared::store::{Install, Store};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub const REDIRECT_URI: &str = "https://app.example.com/oauth/callback";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fails loudly (never skips) when the moto server is not there.
+pub fn aws_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!("AWS_ENDPOINT_URL is not set: run the tests through dev/test.sh, which starts moto's server")
+    })
+}
+
+pub struct Stack {
+    pub sim: Arc<Sim>,
+    pub api: RuntimeApi,
+    pub table: String,
+    pub secret_id: String,
+    pub ddb: aws_sdk_dynamodb::Client,
+    pub app: AppSecret,
+    pub svc: Services,
+    pub shards: u32,
+}
+
+impl Stack {
+    pub async fn new() -> Stack {
+        Self::with_sim(SimConfig::default()).await
+    }
+
+    pub async fn with_sim(sim_cfg: SimConfig) -> Stack {
+        Self::build(sim_cfg, 4).await
+    }
+
+    /// A stack whose due index has `shards` shards (1 makes the sweep's order total).
+    pub async fn with_shards(shards: u32) -> Stack {
+        Self::build(SimConfig::default(), shards).await
+    }
+
+    async fn build(sim_cfg: SimConfig, shards: u32) -> Stack {
+        // Fail before anything starts if moto is not there.
+        aws_endpoint();
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            if std::env::var(k).is_err() {
+                // SAFETY: set before any thread reads them in this test process's SDK set-up; values are constants.
+                unsafe { std::env::set_var(k, v) };
+            }
+        }
+        let sim = Arc::new(Sim::start(sim_cfg.clone()).await.expect("simulator starts"));
+        let api = RuntimeApi::start().await.expect("runtime API emulator starts");
+        let sdk = shared::aws::sdk_config().await;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let table = unique("installs");
+        shared::schema::create_table(&ddb, &table).await.expect("table created in moto");
+        let secret_id = unique("ghl-app");
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let secret_json = json!({
+            "client_id": sim_cfg.client_id,
+            "client_secret": sim_cfg.client_secret,
+            "app_id": sim_cfg.app_id,
+            "data_keys": {"k1": base64::engine::general_purpose::STANDARD.encode(key)},
+            "current_data_key": "k1",
+        })
+        .to_string();
+        aws_sdk_secretsmanager::Client::new(&sdk)
+            .create_secret()
+            .name(&secret_id)
+            .secret_string(&secret_json)
+            .send()
+            .await
+            .expect("secret created in moto");
+        let app = AppSecret::parse(&secret_json).expect("secret parses");
+        let due = DuePolicy {
+            refresh_ahead: Duration::from_secs(6 * 3600),
+            jitter: Duration::from_secs(0),
+            shards,
+        };
+        let store = Store::new(ddb.clone(), &table, app.keyring.clone(), due);
+        let ghl = GhlClient::new(&GhlConfig {
+            base_url: sim.base_url(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+        })
+        .expect("client");
+        let svc = Services {
+            store,
+            ghl,
+            app: app.clone(),
+        };
+        Stack {
+            sim,
+            api,
+            table,
+            secret_id,
+            ddb,
+            app,
+            svc,
+            shards,
+        }
+    }
+
+    /// The environment every function process gets; `extra` overrides.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), aws_endpoint()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ("INSTALLS_TABLE".into(), self.table.clone()),
+            ("GHL_APP_SECRET_ID".into(), self.secret_id.clone()),
+            ("GHL_API_BASE_URL".into(), self.sim.base_url()),
+            ("GHL_REDIRECT_URI".into(), REDIRECT_URI.into()),
+            ("REFRESH_JITTER_SECS".into(), "0".into()),
+            ("DUE_SHARDS".into(), self.shards.to_string()),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    /// Starts a function binary of this workspace against this stack.
+    pub fn spawn(&self, bin: &str, extra: &[(&str, &str)]) -> FunctionProcess {
+        let mut env: Vec<(String, String)> = self.env();
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        FunctionProcess::spawn(&workspace_bin(bin), &self.api, &refs).expect("function process starts")
+    }
+
+    /// Creates a grant in the simulator and stores it as an install whose
+    /// access token expires in `expires_in` seconds (under the 6 h refresh-ahead
+    /// window, it is due at once).
+    pub async fn seed_install(&self, id: &InstallId, company_id: &str, expires_in: i64) -> Install {
+        let (user_type, location_id) = match id {
+            InstallId::Company(_) => (ghl_sim::UserType::Company, None),
+            InstallId::Location(l) | InstallId::Minted(l) => (ghl_sim::UserType::Location, Some(l.clone())),
+        };
+        if let Some(l) = &location_id {
+            self.sim.add_locations(company_id, &[(l.as_str(), l.as_str())]);
+        }
+        let body = self.sim.seed_grant(ghl_sim::SeedGrant {
+            user_type,
+            company_id: company_id.into(),
+            location_id: location_id.clone(),
+            access_token_ttl_secs: None,
+        });
+        let pair = TokenPair {
+            access_token: SecretString::new(body["access_token"].as_str().expect("access_token")),
+            refresh_token: SecretString::new(body["refresh_token"].as_str().expect("refresh_token")),
+            expires_at: shared::model::now_secs() + expires_in,
+        };
+        let info = GrantInfo {
+            user_type: Some(id.user_type()),
+            company_id: Some(company_id.into()),
+            location_id,
+            scope: body["scope"].as_str().map(str::to_owned),
+            ..Default::default()
+        };
+        self.store().save_grant(id, &pair, &info, "seeded").await.expect("seeded install saved")
+    }
+
+    /// Seeds `n` due installs (companies `{prefix}-{i}`) concurrently.
+    pub async fn seed_many(&self, prefix: &str, n: usize, expires_in: i64) -> Vec<InstallId> {
+        let ids: Vec<InstallId> = (0..n).map(|i| InstallId::Company(format!("{prefix}-{i}"))).collect();
+        let mut set = tokio::task::JoinSet::new();
+        for chunk in ids.chunks(n.div_ceil(16).max(1)) {
+            let chunk = chunk.to_vec();
+            let this = self.clone_handles();
+            set.spawn(async move {
+                for id in chunk {
+                    this.seed(&id, expires_in).await;
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("seeding task");
+        }
+        ids
+    }
+
+    fn clone_handles(&self) -> Seeder {
+        Seeder {
+            store: self.store().clone(),
+            sim: self.sim.clone(),
+        }
+    }
+
+    /// Makes an install due now (tests only: stands in for the passage of time).
+    pub async fn make_due(&self, id: &InstallId) {
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(id.key()))
+            .key("sk", AttributeValue::S("grant".into()))
+            .update_expression("SET due_at = :d")
+            .expression_attribute_values(":d", AttributeValue::N((shared::model::now_secs() - 1).to_string()))
+            .send()
+            .await
+            .expect("make due");
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.svc.store
+    }
+
+    /// Every item in the table, in key order: compare before and after to
+    /// prove a request changed nothing.
+    pub async fn items(&self) -> Vec<Item> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .ddb
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan");
+            all.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        all.sort_by_key(|i| {
+            (
+                i.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+                i.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+            )
+        });
+        all
+    }
+
+    /// Runs the simulator's consent page and returns the code it issued.
+    pub async fn consent_code(&self, target: &ghl_sim::ConsentTarget) -> String {
+        let url = self.sim.consent_url(REDIRECT_URI, target);
+        let location = crate::http_get_location(&url).await;
+        let query = location.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("code="))
+            .unwrap_or_else(|| panic!("consent redirect had no code"))
+            .to_owned()
+    }
+
+    /// Every token and secret this stack has seen: the simulator's refresh
+    /// tokens, the stored access tokens, and the client secret.
+    pub async fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .sim
+            .ledger()
+            .tokens
+            .iter()
+            .map(|t| t.refresh_token.clone())
+            .collect();
+        out.push(self.app.client_secret.expose().to_owned());
+        for item in self.items().await {
+            let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            if let Some(id) = shared::model::InstallId::parse_key(&pk)
+                && let Ok(Some(i)) = self.store().get(&id).await
+            {
+                out.push(i.access_token.expose().to_owned());
+                out.push(i.refresh_token.expose().to_owned());
+            }
+        }
+        out
+    }
+
+    /// Fails, without printing the secret, if any log line contains one.
+    pub async fn assert_logs_clean(&self, logs: &[String], extra: &[&str]) {
+        let mut secrets = self.secrets().await;
+        secrets.extend(extra.iter().map(|s| s.to_string()));
+        for line in logs {
+            for s in &secrets {
+                assert!(
+                    s.len() < 8 || !line.contains(s.as_str()),
+                    "a log line contains a token or secret (fingerprint {})",
+                    shared::redact::fingerprint(s.as_bytes())
+                );
+            }
+        }
+    }
+}
+
+/// A Lambda Function URL (payload 2.0) request event.
+pub fn function_url_event(method: &str, query: &[(&str, &str)]) -> Value {
+    let raw: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect();
+    let params: serde_json::Map<String, Value> = query.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+    let mut event = json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/",
+        "rawQueryString": raw.join("&"),
+        "headers": {"accept": "text/html", "host": "abcdefghij.lambda-url.us-east-1.on.aws", "user-agent": "test"},
+        "requestContext": {
+            "accountId": "anonymous", "apiId": "abcdefghij",
+            "domainName": "abcdefghij.lambda-url.us-east-1.on.aws", "domainPrefix": "abcdefghij",
+            "http": {"method": method, "path": "/", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7", "userAgent": "test"},
+            "requestId": "req", "routeKey": "$default", "stage": "$default",
+            "time": "23/Nov/2026:08:00:00 +0000", "timeEpoch": 1795420800000u64
+        },
+        "isBase64Encoded": false
+    });
+    if !params.is_empty() {
+        event["queryStringParameters"] = Value::Object(params);
+    }
+    event
+}
+
+/// An EventBridge scheduled event.
+pub fn scheduled_event() -> Value {
+    json!({
+        "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "123456789012", "time": "2026-11-23T08:00:00Z",
+        "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:123456789012:rule/sweep"], "detail": {}
+    })
+}
+
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What seeding tasks need, detached from the stack's lifetime.
+struct Seeder {
+    store: Store,
+    sim: Arc<Sim>,
+}
+
+impl Seeder {
+    async fn seed(&self, id: &InstallId, expires_in: i64) {
+        let body = self.sim.seed_grant(ghl_sim::SeedGrant {
+            user_type: ghl_sim::UserType::Company,
+            company_id: id.id().into(),
+            location_id: None,
+            access_token_ttl_secs: None,
+        });
+        let pair = TokenPair {
+            access_token: SecretString::new(body["access_token"].as_str().expect("access_token")),
+            refresh_token: SecretString::new(body["refresh_token"].as_str().expect("refresh_token")),
+            expires_at: shared::model::now_secs() + expires_in,
+        };
+        let info = GrantInfo {
+            user_type: Some(id.user_type()),
+            company_id: Some(id.id().into()),
+            ..Default::default()
+        };
+        self.store.save_grant(id, &pair, &info, "seeded").await.expect("seeded install saved");
+    }
+}
+
+/// The JSON log lines of a function process (other lines skipped).
+pub fn json_logs(lines: &[String]) -> Vec<Value> {
+    lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect()
+}

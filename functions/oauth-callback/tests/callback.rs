@@ -1,0 +1,263 @@
+//! `oauth-callback` run as a real process under the Lambda Runtime API
+//! emulator, against moto and the HighLevel simulator, over real sockets.
+
+use ghl_sim::{ConsentTarget, Fault, UserType as SimUserType};
+use serde_json::Value;
+use shared::model::{InstallId, InstallState};
+use testkit::stack::{Stack, function_url_event};
+use testkit::{FunctionProcess, InvokeOptions};
+use std::time::Duration;
+
+fn company(id: &str) -> ConsentTarget {
+    ConsentTarget {
+        user_type: SimUserType::Company,
+        company_id: id.into(),
+        location_id: None,
+        deny: false,
+    }
+}
+
+fn location(company: &str, loc: &str) -> ConsentTarget {
+    ConsentTarget {
+        user_type: SimUserType::Location,
+        company_id: company.into(),
+        location_id: Some(loc.into()),
+        deny: false,
+    }
+}
+
+struct Answer {
+    status: u64,
+    body: String,
+    headers: serde_json::Map<String, Value>,
+}
+
+async fn get(stack: &Stack, query: &[(&str, &str)]) -> Answer {
+    call(stack, "GET", query).await
+}
+
+async fn call(stack: &Stack, method: &str, query: &[(&str, &str)]) -> Answer {
+    let out = stack
+        .api
+        .invoke_with(function_url_event(method, query), InvokeOptions::with_deadline(Duration::from_secs(30)))
+        .await
+        .expect("the function answers (never a function error)");
+    Answer {
+        status: out["statusCode"].as_u64().expect("statusCode"),
+        body: out["body"].as_str().unwrap_or_default().to_owned(),
+        headers: out["headers"].as_object().cloned().unwrap_or_default(),
+    }
+}
+
+async fn start(stack: &Stack, extra: &[(&str, &str)]) -> FunctionProcess {
+    stack.spawn("oauth-callback", extra)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn company_install_lands_encrypted_with_metadata() {
+    let stack = Stack::new().await;
+    stack.sim.add_locations("co-1", &[("loc-a", "A"), ("loc-b", "B")]);
+    let f = start(&stack, &[]).await;
+    let code = stack.consent_code(&company("co-1")).await;
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("App installed") && a.body.contains("co-1"), "{}", a.body);
+    assert_eq!(a.headers["referrer-policy"], "no-referrer");
+    assert!(a.headers["content-type"].as_str().unwrap().starts_with("text/html"));
+
+    let install = stack
+        .store()
+        .get(&InstallId::Company("co-1".into()))
+        .await
+        .unwrap()
+        .expect("install stored");
+    assert_eq!(install.state, InstallState::Active);
+    assert_eq!(install.install_count, 1);
+    assert_eq!(install.info.company_id.as_deref(), Some("co-1"));
+    assert_eq!(install.info.approved_locations.as_ref().map(Vec::len), Some(2));
+    assert!(install.info.scope.is_some() && install.info.user_id.is_some());
+    let now = shared::model::now_secs();
+    assert!((install.expires_at - (now + 86_399)).abs() < 30, "absolute expiry from expires_in");
+    assert!(install.due_at.unwrap() < install.expires_at);
+    assert!(stack.sim.ledger().is_live(install.refresh_token.expose()), "the stored refresh token is HighLevel's live one");
+
+    // At rest, the tokens are ciphertext under key k1 and nothing else looks like a token.
+    let items = stack.items().await;
+    let raw = items
+        .iter()
+        .find(|i| i["pk"].as_s().unwrap() == "company#co-1")
+        .unwrap();
+    for field in ["access_token", "refresh_token"] {
+        let v = raw[field].as_s().unwrap();
+        assert!(v.starts_with("v1:k1:"), "{field} is not sealed");
+        assert!(!v.contains(install.refresh_token.expose()) && !v.contains(install.access_token.expose()));
+    }
+    assert_eq!(raw["company_id"].as_s().unwrap(), "co-1");
+    // The code claim records the outcome; no other items.
+    assert_eq!(items.len(), 2, "install + code claim");
+    stack.assert_logs_clean(&f.logs(), &[&code]).await;
+    assert!(!a.body.contains(&code));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn location_install_is_stored_under_the_location() {
+    let stack = Stack::new().await;
+    let f = start(&stack, &[("GHL_USER_TYPE", "Location")]).await;
+    let code = stack.consent_code(&location("co-2", "loc-9")).await;
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("sub-account") && a.body.contains("loc-9"));
+    let install = stack
+        .store()
+        .get(&InstallId::Location("loc-9".into()))
+        .await
+        .unwrap()
+        .expect("location install");
+    assert_eq!(install.info.company_id.as_deref(), Some("co-2"));
+    assert_eq!(install.info.location_id.as_deref(), Some("loc-9"));
+    assert!(stack.sim.ledger().is_live(install.refresh_token.expose()));
+    stack.assert_logs_clean(&f.logs(), &[&code]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let stack = Stack::new().await;
+    let f = start(&stack, &[]).await;
+    let long = "a".repeat(600);
+    let cases: Vec<(&str, Vec<(&str, &str)>, u64, &str)> = vec![
+        ("GET", vec![], 400, "no authorization code"),
+        ("GET", vec![("code", "")], 400, "no authorization code"),
+        ("GET", vec![("code", &long)], 400, "600 characters long"),
+        (
+            "GET",
+            vec![("error", "access_denied"), ("error_description", "The user denied access")],
+            400,
+            "not approved (access_denied): The user denied access",
+        ),
+        ("POST", vec![("code", "abc")], 405, "Method POST is not allowed"),
+        ("DELETE", vec![("code", "abc")], 405, "Method DELETE is not allowed"),
+        ("GET", vec![("code", "not-a-real-code")], 400, "authorization code is invalid"),
+    ];
+    let before = stack.items().await;
+    for (method, query, status, message) in cases {
+        let a = call(&stack, method, &query).await;
+        assert_eq!(a.status, status, "{method} {query:?}: {}", a.body);
+        assert!(a.body.contains(message), "{method} {query:?}: page lacks {message:?}: {}", a.body);
+        assert!(a.body.contains("role=\"alert\""));
+        assert_eq!(stack.items().await, before, "{method} {query:?} changed the table");
+    }
+    let a = call(&stack, "POST", &[("code", "abc")]).await;
+    assert_eq!(a.headers["allow"], "GET, HEAD");
+    // HEAD is a probe: no exchange, nothing stored.
+    let code = stack.consent_code(&company("co-3")).await;
+    let a = call(&stack, "HEAD", &[("code", &code)]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(stack.items().await, before);
+    assert_eq!(stack.sim.counters().code_exchanges, 0);
+    stack.assert_logs_clean(&f.logs(), &[&code]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn highlevel_down_or_slow_is_a_gateway_error_and_stores_nothing() {
+    let stack = Stack::new().await;
+    let _f = start(&stack, &[("GHL_HTTP_TIMEOUT_MS", "800"), ("GHL_CONNECT_TIMEOUT_MS", "500"), ("LEASE_SECS", "10")]).await;
+    let before = stack.items().await;
+
+    stack.sim.push_fault(Fault::ServerError { status: 503 });
+    let code = stack.consent_code(&company("co-4")).await;
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(a.body.contains("HighLevel is unavailable"), "{}", a.body);
+    assert_eq!(stack.items().await, before);
+
+    // The 5xx consumed nothing: the same code works on retry.
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    let before = stack.items().await;
+    stack.sim.push_fault(Fault::Latency { ms: 2_000 });
+    let code = stack.consent_code(&company("co-5")).await;
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(a.body.contains("did not answer in time"));
+    assert_eq!(stack.items().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_code_twice_exchanges_once_and_shows_the_same_page() {
+    let stack = Stack::new().await;
+    // Two processes: two concurrent Lambda execution environments.
+    let f1 = start(&stack, &[]).await;
+    let f2 = start(&stack, &[]).await;
+    // Slow HighLevel so both requests overlap.
+    stack.sim.set_faults(ghl_sim::Faults {
+        latency_ms: 400,
+        ..Default::default()
+    });
+    let code = stack.consent_code(&company("co-6")).await;
+    let q = [("code", code.as_str())];
+    let (a, b) = tokio::join!(get(&stack, &q), get(&stack, &q));
+    assert_eq!((a.status, b.status), (200, 200), "{} / {}", a.body, b.body);
+    assert_eq!(a.body, b.body, "both requests show the same page");
+    let c = get(&stack, &[("code", &code)]).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.body, a.body, "a browser refresh shows it again");
+    assert_eq!(stack.sim.counters().code_exchanges, 1, "HighLevel saw one exchange");
+    let install = stack.store().get(&InstallId::Company("co-6".into())).await.unwrap().unwrap();
+    assert_eq!(install.install_count, 1);
+    assert!(stack.sim.ledger().is_live(install.refresh_token.expose()));
+    let mut logs = f1.logs();
+    logs.extend(f2.logs());
+    stack.assert_logs_clean(&logs, &[&code]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reinstall_replaces_tokens_and_keeps_identity() {
+    let stack = Stack::new().await;
+    let f = start(&stack, &[]).await;
+    let first = stack.consent_code(&company("co-7")).await;
+    assert_eq!(get(&stack, &[("code", &first)]).await.status, 200);
+    let id = InstallId::Company("co-7".into());
+    let one = stack.store().get(&id).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = stack.consent_code(&company("co-7")).await;
+    let a = get(&stack, &[("code", &second)]).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("App reinstalled"), "{}", a.body);
+    let two = stack.store().get(&id).await.unwrap().unwrap();
+    assert_eq!(two.installed_at, one.installed_at, "first-install time kept");
+    assert!(two.last_installed_at > one.last_installed_at);
+    assert_eq!(two.install_count, 2);
+    assert!(two.version > one.version, "version only grows");
+    assert_ne!(two.refresh_token, one.refresh_token);
+    assert!(stack.sim.ledger().is_live(two.refresh_token.expose()));
+    stack.assert_logs_clean(&f.logs(), &[&first, &second]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn success_redirect_carries_ids_and_no_secrets() {
+    let stack = Stack::new().await;
+    let _f = start(&stack, &[("SUCCESS_REDIRECT_URL", "https://app.example.com/welcome")]).await;
+    let code = stack.consent_code(&company("co-8")).await;
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 302);
+    let location = a.headers["location"].as_str().unwrap();
+    assert_eq!(location, "https://app.example.com/welcome?userType=Company&companyId=co-8");
+    assert!(!location.contains(&code));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configuration_fails_the_cold_start_naming_the_variable() {
+    let stack = Stack::new().await;
+    let f = start(&stack, &[("GHL_REDIRECT_URI", "ftp://nope")]).await;
+    let _ = stack
+        .api
+        .invoke_with(function_url_event("GET", &[("code", "x")]), InvokeOptions {
+            wait: Duration::from_secs(5),
+            ..InvokeOptions::with_deadline(Duration::from_secs(5))
+        })
+        .await;
+    let logs = f.logs().join("\n");
+    assert!(logs.contains("GHL_REDIRECT_URI is invalid"), "{logs}");
+    assert!(logs.contains("expected"), "{logs}");
+}

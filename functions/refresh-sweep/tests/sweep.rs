@@ -1,0 +1,285 @@
+//! `refresh-sweep` run as real processes under the Lambda Runtime API
+//! emulator, against moto and the HighLevel simulator.
+
+use ghl_sim::{Fault, Faults};
+use serde_json::Value;
+use shared::model::{InstallId, InstallState, TokenPair, now_secs};
+use shared::store::LeaseWhen;
+use std::time::Duration;
+use testkit::stack::{Stack, json_logs, scheduled_event};
+use testkit::{InvokeError, InvokeOptions};
+
+async fn sweep(stack: &Stack, deadline: Duration) -> Result<Value, InvokeError> {
+    stack
+        .api
+        .invoke_with(scheduled_event(), InvokeOptions::with_deadline(deadline))
+        .await
+}
+
+fn refreshed_order(logs: &[String]) -> Vec<String> {
+    json_logs(logs)
+        .into_iter()
+        .filter(|l| l["outcome"] == "refreshed")
+        .filter_map(|l| l["install_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn due_installs_are_refreshed_in_due_order_and_the_rest_left_alone() {
+    let stack = Stack::with_shards(1).await;
+    // Due in a known order: the one expiring soonest first.
+    let due: Vec<InstallId> = (0..5).map(|i| InstallId::Company(format!("due-{i}"))).collect();
+    for (i, id) in due.iter().enumerate().rev() {
+        stack.seed_install(id, id.id(), 60 + i as i64 * 10).await;
+    }
+    let fresh = InstallId::Company("fresh".into());
+    let before_fresh = stack.seed_install(&fresh, "fresh", 86_399).await;
+    let f = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "1")]);
+    let summary = sweep(&stack, Duration::from_secs(60)).await.expect("sweep answers");
+    assert_eq!(summary["examined"], 5, "{summary}");
+    assert_eq!(summary["refreshed"], 5, "{summary}");
+    assert_eq!(summary["complete"], true);
+    let order = refreshed_order(&f.logs());
+    let expected: Vec<String> = due.iter().map(|i| i.key()).collect();
+    assert_eq!(order, expected, "refreshed in due order");
+    for id in &due {
+        let i = stack.store().get(id).await.unwrap().unwrap();
+        assert_eq!(i.refresh_count, 1);
+        assert!(i.expires_at > now_secs() + 86_000);
+        assert!(i.due_at.unwrap() > now_secs(), "no longer due");
+        assert!(stack.sim.ledger().is_live(i.refresh_token.expose()));
+    }
+    let after_fresh = stack.store().get(&fresh).await.unwrap().unwrap();
+    assert_eq!(after_fresh.version, before_fresh.version, "not-due install untouched");
+    assert_eq!(stack.sim.ledger().presented_twice(), 0);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sweeps_at_once_refresh_each_install_exactly_once() {
+    let stack = Stack::new().await;
+    let ids = stack.seed_many("race", 150, 60).await;
+    stack.sim.set_faults(Faults {
+        latency_ms: 20,
+        ..Default::default()
+    });
+    let a = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "16")]);
+    let b = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "16")]);
+    let (ra, rb) = tokio::join!(sweep(&stack, Duration::from_secs(120)), sweep(&stack, Duration::from_secs(120)));
+    let (ra, rb) = (ra.expect("sweep a"), rb.expect("sweep b"));
+    let total = ra["refreshed"].as_u64().unwrap() + rb["refreshed"].as_u64().unwrap();
+    assert_eq!(total, 150, "a: {ra}\nb: {rb}");
+    for id in &ids {
+        let i = stack.store().get(id).await.unwrap().unwrap();
+        assert_eq!(i.refresh_count, 1, "{id} refreshed {} times", i.refresh_count);
+        assert!(stack.sim.ledger().is_live(i.refresh_token.expose()), "{id} holds a dead token");
+    }
+    let ledger = stack.sim.ledger();
+    assert_eq!(ledger.presented_twice(), 0, "a refresh token was presented twice");
+    let mut logs = a.logs();
+    logs.extend(b.logs());
+    stack.assert_logs_clean(&logs, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_failure_class_ends_in_its_own_state() {
+    let stack = Stack::new().await;
+    let _f = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "1"), ("BREAKER_MIN_ATTEMPTS", "1000")]);
+
+    // Invalid grant -> revoked, out of the due index.
+    let revoked = InstallId::Company("gone".into());
+    stack.seed_install(&revoked, "gone", 60).await;
+    stack.sim.revoke(ghl_sim::UserType::Company, "gone");
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["revoked"], 1, "{s}");
+    let i = stack.store().get(&revoked).await.unwrap().unwrap();
+    assert_eq!(i.state, InstallState::Revoked);
+    assert!(i.state_reason.as_deref().unwrap().contains("Invalid grant"), "{:?}", i.state_reason);
+    assert!(i.due_at.is_none() && i.state_changed_at >= now_secs() - 60);
+
+    // Location is not active -> suspended, token kept, back to active once it works.
+    let suspended = InstallId::Location("sleepy".into());
+    stack.seed_install(&suspended, "co-s", 60).await;
+    stack.sim.set_location_active("sleepy", false);
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["suspended"], 1, "{s}");
+    let i = stack.store().get(&suspended).await.unwrap().unwrap();
+    assert_eq!(i.state, InstallState::Suspended);
+    assert!(i.due_at.unwrap() >= now_secs() + 6 * 3600 - 60, "retried after hours");
+    assert!(stack.sim.ledger().is_live(i.refresh_token.expose()), "token kept");
+    stack.sim.set_location_active("sleepy", true);
+    stack.make_due(&suspended).await;
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["refreshed"], 1, "{s}");
+    assert_eq!(stack.store().get(&suspended).await.unwrap().unwrap().state, InstallState::Active);
+
+    // 429 -> retrying, no sooner than HighLevel's interval; 5xx -> retrying with backoff.
+    for (name, fault, min_wait) in [
+        ("limited", Fault::RateLimited, 10),
+        ("flaky", Fault::ServerError { status: 503 }, 30),
+    ] {
+        let id = InstallId::Company(name.into());
+        stack.seed_install(&id, name, 60).await;
+        stack.sim.push_fault(fault);
+        let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(s["retrying"], 1, "{name}: {s}");
+        let i = stack.store().get(&id).await.unwrap().unwrap();
+        assert_eq!(i.state, InstallState::Retrying, "{name}");
+        assert_eq!(i.failures, 1);
+        assert!(i.due_at.unwrap() >= now_secs() + min_wait - 2, "{name} retried too soon");
+        assert!(stack.sim.ledger().is_live(i.refresh_token.expose()), "{name}: token not consumed");
+        stack.make_due(&id).await;
+        let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(s["refreshed"], 1, "{name} recovers: {s}");
+        let i = stack.store().get(&id).await.unwrap().unwrap();
+        assert_eq!((i.state, i.failures), (InstallState::Active, 0));
+    }
+
+    // Dropped response: HighLevel rotated, we never heard -> in_doubt, never presented again.
+    let dropped = InstallId::Company("dropped".into());
+    stack.seed_install(&dropped, "dropped", 60).await;
+    stack.sim.push_fault(Fault::Drop);
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["inDoubt"], 1, "{s}");
+    let i = stack.store().get(&dropped).await.unwrap().unwrap();
+    assert_eq!(i.state, InstallState::InDoubt);
+    assert!(i.due_at.is_none());
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["examined"], 0, "in-doubt installs are not swept again: {s}");
+
+    // Invalid client credentials: no install marked, run stopped with a stable errorType.
+    let innocent = InstallId::Company("innocent".into());
+    let before = stack.seed_install(&innocent, "innocent", 60).await;
+    stack.sim.set_client_secret("rotated-on-highlevel");
+    match sweep(&stack, Duration::from_secs(30)).await {
+        Err(InvokeError::Function { error_type, error_message }) => {
+            assert_eq!(error_type, "InvalidClientCredentials");
+            assert!(error_message.contains("invalid_client"), "{error_message}");
+        }
+        other => panic!("expected a function error, got {other:?}"),
+    }
+    let after = stack.store().get(&innocent).await.unwrap().unwrap();
+    assert_eq!((after.state, after.version, after.due_at), (InstallState::Active, before.version, before.due_at));
+    assert!(after.lease_owner.is_none(), "lease released");
+    assert_eq!(stack.sim.ledger().presented_twice(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_stops_before_the_deadline_and_leaves_the_rest_due() {
+    let stack = Stack::new().await;
+    let ids = stack.seed_many("slow", 20, 60).await;
+    stack.sim.set_faults(Faults {
+        latency_ms: 700,
+        ..Default::default()
+    });
+    let _f = stack.spawn(
+        "refresh-sweep",
+        &[
+            ("SWEEP_CONCURRENCY", "1"),
+            ("GHL_HTTP_TIMEOUT_MS", "1500"),
+            ("GHL_CONNECT_TIMEOUT_MS", "200"),
+            ("LEASE_SECS", "5"),
+            ("SWEEP_DEADLINE_RESERVE_MS", "200"),
+        ],
+    );
+    let s = sweep(&stack, Duration::from_secs(8)).await.expect("answered before the deadline");
+    assert_eq!(s["stopped"], "deadline", "{s}");
+    assert_eq!(s["complete"], false);
+    let refreshed = s["refreshed"].as_u64().unwrap();
+    assert!((1..20).contains(&refreshed), "{s}");
+    let mut still_due = 0;
+    for id in &ids {
+        let i = stack.store().get(id).await.unwrap().unwrap();
+        if i.due_at.unwrap() <= now_secs() {
+            still_due += 1;
+            assert_eq!(i.refresh_count, 0);
+            assert!(i.lease_owner.is_none(), "no lease left behind");
+        }
+    }
+    assert_eq!(still_due, 20 - refreshed, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_obtained_but_never_committed_is_recovered_not_burned() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("crashy".into());
+    let seeded = stack.seed_install(&id, "crashy", 60).await;
+    // A worker takes the lease, refreshes, journals the new pair, and dies before the commit.
+    let store = stack.store();
+    let lease = store
+        .acquire_lease(&id, "dead-worker", Duration::from_secs(1), LeaseWhen::DueBy(now_secs()))
+        .await
+        .unwrap();
+    assert!(matches!(lease, shared::store::LeaseOutcome::Acquired { .. }));
+    let grant = stack
+        .svc
+        .ghl
+        .refresh(&stack.app, &seeded.refresh_token, shared::model::UserType::Company)
+        .await
+        .unwrap();
+    let pair = TokenPair {
+        access_token: grant.access_token.clone(),
+        refresh_token: grant.refresh_token.clone().unwrap(),
+        expires_at: now_secs() + 86_399,
+    };
+    store.write_journal(&id, seeded.version + 1, &pair, "dead-worker").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    let _f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["recovered"], 1, "{s}");
+    let i = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(i.refresh_token, pair.refresh_token, "the journaled token was adopted");
+    assert_eq!(i.state, InstallState::Active);
+    assert!(stack.sim.ledger().is_live(i.refresh_token.expose()));
+    assert_eq!(stack.sim.ledger().presented_twice(), 0, "the used token was not presented again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_grant_looks_for_a_newer_token_before_revoking() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("journaled".into());
+    let seeded = stack.seed_install(&id, "journaled", 60).await;
+    // The commit after a successful refresh was lost; the lease was given back.
+    let grant = stack
+        .svc
+        .ghl
+        .refresh(&stack.app, &seeded.refresh_token, shared::model::UserType::Company)
+        .await
+        .unwrap();
+    let pair = TokenPair {
+        access_token: grant.access_token.clone(),
+        refresh_token: grant.refresh_token.clone().unwrap(),
+        expires_at: now_secs() + 86_399,
+    };
+    stack.store().write_journal(&id, seeded.version + 1, &pair, "other").await.unwrap();
+    let _f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["recovered"], 1, "{s}");
+    let i = stack.store().get(&id).await.unwrap().unwrap();
+    assert_eq!(i.state, InstallState::Active);
+    assert_eq!(i.refresh_token, pair.refresh_token);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_breaker_stops_a_run_that_fails_the_same_way() {
+    let stack = Stack::new().await;
+    let ids = stack.seed_many("fleet", 30, 60).await;
+    for id in &ids {
+        stack.sim.revoke(ghl_sim::UserType::Company, id.id());
+    }
+    let _f = stack.spawn(
+        "refresh-sweep",
+        &[("SWEEP_CONCURRENCY", "1"), ("BREAKER_MIN_ATTEMPTS", "10"), ("BREAKER_PERCENT", "50")],
+    );
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s["stopped"], "breaker:revoked", "{s}");
+    assert_eq!(s["revoked"], 10, "{s}");
+    let mut active = 0;
+    for id in &ids {
+        if stack.store().get(id).await.unwrap().unwrap().state == InstallState::Active {
+            active += 1;
+        }
+    }
+    assert_eq!(active, 20, "the rest were not marked");
+}
