@@ -35,7 +35,8 @@ pub struct AppSecret {
 
 impl AppSecret {
     pub fn parse(json: &str) -> Result<Self, SecretError> {
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|_| SecretError::NotJson)?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|_| SecretError::NotJson)?;
         let obj = value.as_object().ok_or(SecretError::NotJson)?;
         let string = |field: &'static str| -> Result<String, SecretError> {
             obj.get(field)
@@ -81,7 +82,10 @@ impl AppSecret {
     }
 
     /// Fetched once per execution environment, at cold start.
-    pub async fn load(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Result<Self, SecretError> {
+    pub async fn load(
+        client: &aws_sdk_secretsmanager::Client,
+        secret_id: &str,
+    ) -> Result<Self, SecretError> {
         let out = client
             .get_secret_value()
             .secret_id(secret_id)
@@ -93,7 +97,8 @@ impl AppSecret {
             })?;
         let text = out.secret_string().ok_or_else(|| SecretError::Fetch {
             secret_id: secret_id.to_owned(),
-            reason: "the secret has no string value yet (put the JSON in with put-secret-value)".into(),
+            reason: "the secret has no string value yet (put the JSON in with put-secret-value)"
+                .into(),
         })?;
         Self::parse(text)
     }
@@ -122,8 +127,14 @@ mod tests {
         let cases = [
             ("not json", "not a JSON object"),
             (r#"{"client_secret":"s3cr3t-value"}"#, "client_id"),
-            (r#"{"client_id":"c","client_secret":12345}"#, "client_secret"),
-            (r#"{"client_id":"c","client_secret":"s3cr3t-value"}"#, "data_keys"),
+            (
+                r#"{"client_id":"c","client_secret":12345}"#,
+                "client_secret",
+            ),
+            (
+                r#"{"client_id":"c","client_secret":"s3cr3t-value"}"#,
+                "data_keys",
+            ),
             (
                 r#"{"client_id":"c","client_secret":"s3cr3t-value","data_keys":{"k1":"s3cr3t-value"},"current_data_key":"k1"}"#,
                 "not base64",

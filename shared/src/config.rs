@@ -9,7 +9,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("configuration: {var} is not set; expected {expected}")]
-    Missing { var: &'static str, expected: &'static str },
+    Missing {
+        var: &'static str,
+        expected: &'static str,
+    },
     #[error("configuration: {var} is invalid ({reason}); expected {expected}")]
     Invalid {
         var: &'static str,
@@ -44,7 +47,11 @@ impl<'a> Env<'a> {
             .filter(|v| !v.is_empty())
     }
 
-    pub fn required(&self, var: &'static str, expected: &'static str) -> Result<String, ConfigError> {
+    pub fn required(
+        &self,
+        var: &'static str,
+        expected: &'static str,
+    ) -> Result<String, ConfigError> {
         self.get(var).ok_or(ConfigError::Missing { var, expected })
     }
 
@@ -113,7 +120,10 @@ fn check_url(value: &str) -> Result<(), String> {
     } else if let Some(r) = value.strip_prefix("http://") {
         let host = r.split(['/', ':', '?']).next().unwrap_or_default();
         if host != "localhost" && host != "127.0.0.1" {
-            return Err(format!("{:?} uses plain http for a non-local host", clip(value)));
+            return Err(format!(
+                "{:?} uses plain http for a non-local host",
+                clip(value)
+            ));
         }
         r
     } else {
@@ -425,7 +435,10 @@ mod tests {
         let mut vars = base();
         vars.remove("INSTALLS_TABLE");
         let err = callback(&vars).unwrap_err();
-        assert!(err.to_string().contains("INSTALLS_TABLE is not set"), "{err}");
+        assert!(
+            err.to_string().contains("INSTALLS_TABLE is not set"),
+            "{err}"
+        );
         let mut vars = base();
         vars.insert("GHL_REDIRECT_URI".into(), "   ".into());
         assert!(matches!(
@@ -454,7 +467,10 @@ mod tests {
             vars.insert(var.into(), value.into());
             let err = callback(&vars).unwrap_err();
             let text = err.to_string();
-            assert!(text.contains(var) && text.contains("expected"), "{var}: {text}");
+            assert!(
+                text.contains(var) && text.contains("expected"),
+                "{var}: {text}"
+            );
         }
     }
 

@@ -54,7 +54,10 @@ fn valid_key_id(id: &str) -> bool {
 
 impl Keyring {
     /// `keys` maps key ids to base64 of 32 random bytes.
-    pub fn from_base64(current: &str, keys: &BTreeMap<String, SecretString>) -> Result<Self, CryptoError> {
+    pub fn from_base64(
+        current: &str,
+        keys: &BTreeMap<String, SecretString>,
+    ) -> Result<Self, CryptoError> {
         let mut ring = BTreeMap::new();
         for (id, b64) in keys {
             if !valid_key_id(id) {
@@ -110,9 +113,15 @@ impl Keyring {
         format!("{FORMAT}:{}:{}", self.current, B64.encode(blob))
     }
 
-    pub fn open(&self, sealed: &str, item_key: &str, field: &str) -> Result<SecretString, CryptoError> {
+    pub fn open(
+        &self,
+        sealed: &str,
+        item_key: &str,
+        field: &str,
+    ) -> Result<SecretString, CryptoError> {
         let mut parts = sealed.splitn(3, ':');
-        let (Some(format), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(format), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(CryptoError::Malformed("expected v1:<key id>:<base64>"));
         };
         if format != FORMAT {
@@ -147,7 +156,9 @@ impl Keyring {
     /// The key id a ciphertext was sealed with, without opening it.
     pub fn key_id_of(sealed: &str) -> Option<&str> {
         let mut parts = sealed.splitn(3, ':');
-        (parts.next() == Some(FORMAT)).then(|| parts.next()).flatten()
+        (parts.next() == Some(FORMAT))
+            .then(|| parts.next())
+            .flatten()
     }
 }
 
@@ -174,13 +185,24 @@ mod tests {
     #[test]
     fn round_trip() {
         let r = ring("k1", &[("k1", 1)]);
-        let s = r.seal(&SecretString::new("refresh-abc"), "company#c1", "refresh_token");
+        let s = r.seal(
+            &SecretString::new("refresh-abc"),
+            "company#c1",
+            "refresh_token",
+        );
         assert!(s.starts_with("v1:k1:"));
         assert!(!s.contains("refresh-abc"));
         let back = r.open(&s, "company#c1", "refresh_token").unwrap();
         assert_eq!(back.expose(), "refresh-abc");
         // Nonces are fresh: sealing twice differs.
-        assert_ne!(s, r.seal(&SecretString::new("refresh-abc"), "company#c1", "refresh_token"));
+        assert_ne!(
+            s,
+            r.seal(
+                &SecretString::new("refresh-abc"),
+                "company#c1",
+                "refresh_token"
+            )
+        );
     }
 
     #[test]
@@ -188,15 +210,24 @@ mod tests {
         let a = ring("k1", &[("k1", 1)]);
         let b = ring("k1", &[("k1", 2)]);
         let s = a.seal(&SecretString::new("t"), "company#c1", "access_token");
-        assert_eq!(b.open(&s, "company#c1", "access_token"), Err(CryptoError::Authentication));
+        assert_eq!(
+            b.open(&s, "company#c1", "access_token"),
+            Err(CryptoError::Authentication)
+        );
     }
 
     #[test]
     fn ciphertext_moved_between_items_or_fields_is_rejected() {
         let r = ring("k1", &[("k1", 1)]);
         let s = r.seal(&SecretString::new("t"), "company#c1", "refresh_token");
-        assert_eq!(r.open(&s, "company#c2", "refresh_token"), Err(CryptoError::Authentication));
-        assert_eq!(r.open(&s, "company#c1", "access_token"), Err(CryptoError::Authentication));
+        assert_eq!(
+            r.open(&s, "company#c2", "refresh_token"),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            r.open(&s, "company#c1", "access_token"),
+            Err(CryptoError::Authentication)
+        );
     }
 
     #[test]
@@ -204,7 +235,13 @@ mod tests {
         let old = ring("k1", &[("k1", 1)]);
         let sealed_old = old.seal(&SecretString::new("old"), "location#l1", "refresh_token");
         let rotated = ring("k2", &[("k1", 1), ("k2", 2)]);
-        assert_eq!(rotated.open(&sealed_old, "location#l1", "refresh_token").unwrap().expose(), "old");
+        assert_eq!(
+            rotated
+                .open(&sealed_old, "location#l1", "refresh_token")
+                .unwrap()
+                .expose(),
+            "old"
+        );
         let sealed_new = rotated.seal(&SecretString::new("new"), "location#l1", "refresh_token");
         assert_eq!(Keyring::key_id_of(&sealed_new), Some("k2"));
         // A ring that dropped k2 names the missing key instead of failing obscurely.
@@ -217,13 +254,25 @@ mod tests {
     #[test]
     fn malformed_and_bad_keys() {
         let r = ring("k1", &[("k1", 1)]);
-        assert!(matches!(r.open("nope", "a", "b"), Err(CryptoError::Malformed(_))));
-        assert!(matches!(r.open("v1:k1:!!!", "a", "b"), Err(CryptoError::Malformed(_))));
+        assert!(matches!(
+            r.open("nope", "a", "b"),
+            Err(CryptoError::Malformed(_))
+        ));
+        assert!(matches!(
+            r.open("v1:k1:!!!", "a", "b"),
+            Err(CryptoError::Malformed(_))
+        ));
         let short: BTreeMap<String, SecretString> =
             [("k1".to_string(), SecretString::new(B64.encode([0u8; 16])))].into();
-        assert!(matches!(Keyring::from_base64("k1", &short), Err(CryptoError::BadKeyring(_))));
+        assert!(matches!(
+            Keyring::from_base64("k1", &short),
+            Err(CryptoError::BadKeyring(_))
+        ));
         let keys: BTreeMap<String, SecretString> = [("k1".to_string(), key(1))].into();
-        assert!(matches!(Keyring::from_base64("k9", &keys), Err(CryptoError::BadKeyring(_))));
+        assert!(matches!(
+            Keyring::from_base64("k9", &keys),
+            Err(CryptoError::BadKeyring(_))
+        ));
         assert!(!format!("{r:?}").contains("AAAA"));
     }
 }

@@ -174,7 +174,11 @@ impl ErrorBody {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect::<Vec<_>>()
                 .join("; "),
             _ => match (&self.error, &self.error_description) {
@@ -219,7 +223,9 @@ fn classify(endpoint: Endpoint, status: StatusCode, headers: &HeaderMap, body: &
     if endpoint == Endpoint::Reconnect && lower.contains("endpoint has been removed") {
         return GhlError::EndpointRemoved { message };
     }
-    if rfc_error == "invalid_client" || (status == StatusCode::UNAUTHORIZED && endpoint != Endpoint::Bearer) {
+    if rfc_error == "invalid_client"
+        || (status == StatusCode::UNAUTHORIZED && endpoint != Endpoint::Bearer)
+    {
         return GhlError::InvalidClient { message };
     }
     if status == StatusCode::UNAUTHORIZED {
@@ -252,7 +258,9 @@ fn rate_limited(headers: &HeaderMap) -> GhlError {
     } else if let Some(secs) = header_u64(headers, "retry-after") {
         Duration::from_secs(secs)
     } else {
-        Duration::from_millis(header_u64(headers, "x-ratelimit-interval-milliseconds").unwrap_or(10_000))
+        Duration::from_millis(
+            header_u64(headers, "x-ratelimit-interval-milliseconds").unwrap_or(10_000),
+        )
     };
     GhlError::RateLimited {
         retry_after,
@@ -290,7 +298,9 @@ impl GhlClient {
             .timeout(cfg.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| GhlError::Unreachable(format!("HTTP client set-up failed: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                GhlError::Unreachable(format!("HTTP client set-up failed: {}", error_chain(&e)))
+            })?;
         Ok(Self {
             http,
             base: cfg.base_url.trim_end_matches('/').to_owned(),
@@ -305,7 +315,11 @@ impl GhlClient {
     ) -> Result<T, GhlError> {
         let started = Instant::now();
         let result = async {
-            let resp = req.header("Accept", "application/json").send().await.map_err(transport)?;
+            let resp = req
+                .header("Accept", "application/json")
+                .send()
+                .await
+                .map_err(transport)?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = resp.bytes().await.map_err(transport)?;
@@ -343,7 +357,10 @@ impl GhlClient {
             ("user_type", user_type.as_str()),
             ("redirect_uri", redirect_uri),
         ];
-        let req = self.http.post(format!("{}/oauth/token", self.base)).form(&form);
+        let req = self
+            .http
+            .post(format!("{}/oauth/token", self.base))
+            .form(&form);
         self.send(Endpoint::Token, "exchange_code", req).await
     }
 
@@ -363,7 +380,10 @@ impl GhlClient {
             ("refresh_token", refresh_token.expose()),
             ("user_type", user_type.as_str()),
         ];
-        let req = self.http.post(format!("{}/oauth/token", self.base)).form(&form);
+        let req = self
+            .http
+            .post(format!("{}/oauth/token", self.base))
+            .form(&form);
         self.send(Endpoint::Token, "refresh", req).await
     }
 
@@ -404,12 +424,17 @@ impl GhlClient {
                 ("skip", &skip.to_string()),
                 ("limit", &limit.to_string()),
             ]);
-        self.send(Endpoint::Bearer, "installed_locations", req).await
+        self.send(Endpoint::Bearer, "installed_locations", req)
+            .await
     }
 
     /// `POST /oauth/reconnect` (seed 003): an authorization code for an
     /// install whose grant was lost. Reported removed since 2026-09.
-    pub async fn reconnect(&self, app: &AppSecret, target: ReconnectTarget<'_>) -> Result<SecretString, GhlError> {
+    pub async fn reconnect(
+        &self,
+        app: &AppSecret,
+        target: ReconnectTarget<'_>,
+    ) -> Result<SecretString, GhlError> {
         let mut body = serde_json::json!({
             "clientKey": app.client_id,
             "clientSecret": app.client_secret.expose(),
@@ -423,7 +448,10 @@ impl GhlClient {
         struct Reconnected {
             authorization_code: SecretString,
         }
-        let req = self.http.post(format!("{}/oauth/reconnect", self.base)).json(&body);
+        let req = self
+            .http
+            .post(format!("{}/oauth/reconnect", self.base))
+            .json(&body);
         let r: Reconnected = self.send(Endpoint::Reconnect, "reconnect", req).await?;
         Ok(r.authorization_code)
     }
@@ -435,7 +463,12 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     fn err(endpoint: Endpoint, status: u16, body: &str) -> GhlError {
-        classify(endpoint, StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body.as_bytes())
+        classify(
+            endpoint,
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            body.as_bytes(),
+        )
     }
 
     #[test]
@@ -452,7 +485,11 @@ mod tests {
             }
         );
         assert_eq!(
-            err(Endpoint::Token, 400, r#"{"statusCode":400,"message":"Location is not active","traceId":"t2"}"#),
+            err(
+                Endpoint::Token,
+                400,
+                r#"{"statusCode":400,"message":"Location is not active","traceId":"t2"}"#
+            ),
             GhlError::LocationNotActive {
                 trace_id: Some("t2".into())
             }
@@ -473,9 +510,16 @@ mod tests {
 
     #[test]
     fn unauthorized_means_client_on_token_endpoint_and_token_elsewhere() {
-        let body = r#"{"statusCode":401,"message":"Invalid client credentials","error":"Unauthorized"}"#;
-        assert!(matches!(err(Endpoint::Token, 401, body), GhlError::InvalidClient { .. }));
-        assert!(matches!(err(Endpoint::Bearer, 401, body), GhlError::Unauthorized { .. }));
+        let body =
+            r#"{"statusCode":401,"message":"Invalid client credentials","error":"Unauthorized"}"#;
+        assert!(matches!(
+            err(Endpoint::Token, 401, body),
+            GhlError::InvalidClient { .. }
+        ));
+        assert!(matches!(
+            err(Endpoint::Bearer, 401, body),
+            GhlError::Unauthorized { .. }
+        ));
     }
 
     #[test]
@@ -495,19 +539,29 @@ mod tests {
         let e = err(Endpoint::Token, 503, "<html>bad gateway</html>");
         assert!(matches!(e, GhlError::Unavailable { status: 503, .. }));
         assert!(e.is_transient() && !e.is_ambiguous());
-        assert!(matches!(err(Endpoint::Token, 418, ""), GhlError::Rejected { status: 418, .. }));
+        assert!(matches!(
+            err(Endpoint::Token, 418, ""),
+            GhlError::Rejected { status: 418, .. }
+        ));
     }
 
     #[test]
     fn removed_reconnect_endpoint() {
-        let body = r#"{"message":"API endpoint has been removed","error":"Bad Request","statusCode":400}"#;
-        assert!(matches!(err(Endpoint::Reconnect, 400, body), GhlError::EndpointRemoved { .. }));
+        let body =
+            r#"{"message":"API endpoint has been removed","error":"Bad Request","statusCode":400}"#;
+        assert!(matches!(
+            err(Endpoint::Reconnect, 400, body),
+            GhlError::EndpointRemoved { .. }
+        ));
     }
 
     #[test]
     fn rate_limit_headers_are_honoured() {
         let mut h = HeaderMap::new();
-        h.insert("x-ratelimit-interval-milliseconds", HeaderValue::from_static("7000"));
+        h.insert(
+            "x-ratelimit-interval-milliseconds",
+            HeaderValue::from_static("7000"),
+        );
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
         assert_eq!(
             classify(Endpoint::Token, StatusCode::TOO_MANY_REQUESTS, &h, b"{}"),

@@ -29,7 +29,9 @@ pub enum InstallError {
     MethodNotAllowed(String),
     #[error("the request has no authorization code (?code=…)")]
     MissingCode,
-    #[error("the authorization code is {0} characters long; HighLevel's codes are at most {MAX_CODE_LEN}")]
+    #[error(
+        "the authorization code is {0} characters long; HighLevel's codes are at most {MAX_CODE_LEN}"
+    )]
     CodeTooLong(usize),
     #[error("the authorization code contains characters HighLevel never uses")]
     CodeMalformed,
@@ -37,7 +39,9 @@ pub enum InstallError {
     ConsentDenied { error: String, description: String },
     #[error("HighLevel rejected the authorization code: {message}")]
     CodeRejected { message: String },
-    #[error("HighLevel rejected this app's credentials; the app owner must fix its client id and secret")]
+    #[error(
+        "HighLevel rejected this app's credentials; the app owner must fix its client id and secret"
+    )]
     AppCredentialsRejected,
     #[error("HighLevel's answer was not usable: {0}")]
     BadGrant(&'static str),
@@ -150,7 +154,11 @@ fn validate(req: &CallbackRequest) -> Result<Option<&SecretString>, InstallError
 }
 
 /// Runs the install leg for one redirect.
-pub async fn handle(cfg: &CallbackConfig, svc: &Services, req: &CallbackRequest) -> Result<CallbackOutcome, InstallError> {
+pub async fn handle(
+    cfg: &CallbackConfig,
+    svc: &Services,
+    req: &CallbackRequest,
+) -> Result<CallbackOutcome, InstallError> {
     let Some(code) = validate(req)? else {
         return Ok(CallbackOutcome::Probe);
     };
@@ -161,9 +169,16 @@ pub async fn handle(cfg: &CallbackConfig, svc: &Services, req: &CallbackRequest)
     // it again and gets HighLevel's own answer for the code.
     for _ in 0..2 {
         match svc.store.claim_code(&hash).await? {
-            None => return exchange(cfg, svc, code, &hash, code_fp).await.map(CallbackOutcome::Installed),
+            None => {
+                return exchange(cfg, svc, code, &hash, code_fp)
+                    .await
+                    .map(CallbackOutcome::Installed);
+            }
             Some(record) => {
-                tracing::info!(code_fp, "authorization code seen before; waiting for its outcome");
+                tracing::info!(
+                    code_fp,
+                    "authorization code seen before; waiting for its outcome"
+                );
                 if let Some(installed) = replay(svc, &hash, record).await? {
                     return Ok(CallbackOutcome::Installed(installed));
                 }
@@ -173,12 +188,23 @@ pub async fn handle(cfg: &CallbackConfig, svc: &Services, req: &CallbackRequest)
     Err(InstallError::CodeAbandoned)
 }
 
-async fn exchange(cfg: &CallbackConfig, svc: &Services, code: &SecretString, hash: &str, code_fp: &str) -> Result<Installed, InstallError> {
+async fn exchange(
+    cfg: &CallbackConfig,
+    svc: &Services,
+    code: &SecretString,
+    hash: &str,
+    code_fp: &str,
+) -> Result<Installed, InstallError> {
     let result = exchange_and_save(cfg, svc, code).await;
     match &result {
         Ok((id, _)) => {
             svc.store
-                .finish_code(hash, &CodeRecord::Done { install: id.clone() })
+                .finish_code(
+                    hash,
+                    &CodeRecord::Done {
+                        install: id.clone(),
+                    },
+                )
                 .await?;
         }
         Err(e) => {
@@ -201,7 +227,11 @@ async fn exchange(cfg: &CallbackConfig, svc: &Services, code: &SecretString, has
     Ok(installed)
 }
 
-async fn exchange_and_save(cfg: &CallbackConfig, svc: &Services, code: &SecretString) -> Result<(InstallId, Install), InstallError> {
+async fn exchange_and_save(
+    cfg: &CallbackConfig,
+    svc: &Services,
+    code: &SecretString,
+) -> Result<(InstallId, Install), InstallError> {
     let grant = svc
         .ghl
         .exchange_code(&svc.app, code, cfg.user_type, &cfg.redirect_uri)
@@ -215,8 +245,12 @@ async fn exchange_and_save(cfg: &CallbackConfig, svc: &Services, code: &SecretSt
             other => InstallError::HighLevelUnavailable(other.kind().into()),
         })?;
     let user_type = grant.user_type.unwrap_or(cfg.user_type);
-    let id = InstallId::for_grant(user_type, grant.company_id.as_deref(), grant.location_id.as_deref())
-        .ok_or(InstallError::BadGrant("it named no company or location"))?;
+    let id = InstallId::for_grant(
+        user_type,
+        grant.company_id.as_deref(),
+        grant.location_id.as_deref(),
+    )
+    .ok_or(InstallError::BadGrant("it named no company or location"))?;
     let refresh_token = grant
         .refresh_token
         .clone()
@@ -234,12 +268,20 @@ async fn exchange_and_save(cfg: &CallbackConfig, svc: &Services, code: &SecretSt
 
 /// Waits for an earlier request's outcome. `None`: its claim was given back
 /// (it failed), so the caller should claim the code itself.
-async fn replay(svc: &Services, hash: &str, mut record: CodeRecord) -> Result<Option<Installed>, InstallError> {
+async fn replay(
+    svc: &Services,
+    hash: &str,
+    mut record: CodeRecord,
+) -> Result<Option<Installed>, InstallError> {
     let waited_from = std::time::Instant::now();
     loop {
         match record {
             CodeRecord::Done { install } => {
-                let stored = svc.store.get(&install).await?.ok_or(InstallError::CodeAbandoned)?;
+                let stored = svc
+                    .store
+                    .get(&install)
+                    .await?
+                    .ok_or(InstallError::CodeAbandoned)?;
                 return Ok(Some(Installed::from_install(&stored, false)));
             }
             CodeRecord::Pending { claimed_at_ms } => {
@@ -273,12 +315,27 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(matches!(validate(&req("POST", Some("abc"))), Err(InstallError::MethodNotAllowed(_))));
-        assert!(matches!(validate(&req("GET", None)), Err(InstallError::MissingCode)));
-        assert!(matches!(validate(&req("GET", Some("  "))), Err(InstallError::MissingCode)));
+        assert!(matches!(
+            validate(&req("POST", Some("abc"))),
+            Err(InstallError::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            validate(&req("GET", None)),
+            Err(InstallError::MissingCode)
+        ));
+        assert!(matches!(
+            validate(&req("GET", Some("  "))),
+            Err(InstallError::MissingCode)
+        ));
         let long = "a".repeat(MAX_CODE_LEN + 1);
-        assert!(matches!(validate(&req("GET", Some(&long))), Err(InstallError::CodeTooLong(513))));
-        assert!(matches!(validate(&req("GET", Some("a b"))), Err(InstallError::CodeMalformed)));
+        assert!(matches!(
+            validate(&req("GET", Some(&long))),
+            Err(InstallError::CodeTooLong(513))
+        ));
+        assert!(matches!(
+            validate(&req("GET", Some("a b"))),
+            Err(InstallError::CodeMalformed)
+        ));
         assert!(matches!(validate(&req("HEAD", Some("abc"))), Ok(None)));
         assert!(matches!(validate(&req("GET", Some("abc123"))), Ok(Some(_))));
         let denied = CallbackRequest {

@@ -72,9 +72,9 @@ impl From<StoreError> for MintError {
 impl From<RefreshError> for MintError {
     fn from(e: RefreshError) -> Self {
         match e {
-            RefreshError::InvalidClient(m) => {
-                Self::UpstreamUnavailable(format!("HighLevel rejected the app's client credentials ({m}); the app owner must fix the app secret"))
-            }
+            RefreshError::InvalidClient(m) => Self::UpstreamUnavailable(format!(
+                "HighLevel rejected the app's client credentials ({m}); the app owner must fix the app secret"
+            )),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -88,7 +88,9 @@ fn from_ghl(e: GhlError, what: &str) -> MintError {
         GhlError::Unauthorized { message, .. } => MintError::NeedsReauthorization(format!(
             "HighLevel refused the company token while {what} ({message}); the agency must reinstall the app"
         )),
-        other => MintError::UpstreamUnavailable(format!("HighLevel failed while {what}: {other}; retry with backoff")),
+        other => MintError::UpstreamUnavailable(format!(
+            "HighLevel failed while {what}: {other}; retry with backoff"
+        )),
     }
 }
 
@@ -105,7 +107,11 @@ pub enum Request {
     ListInstalledLocations { company_id: String },
 }
 
-fn id_field(obj: &serde_json::Map<String, Value>, field: &str, required: bool) -> Result<Option<String>, MintError> {
+fn id_field(
+    obj: &serde_json::Map<String, Value>,
+    field: &str,
+    required: bool,
+) -> Result<Option<String>, MintError> {
     match obj.get(field) {
         None | Some(Value::Null) if !required => Ok(None),
         None | Some(Value::Null) => Err(MintError::InvalidRequest(format!("{field} is required"))),
@@ -119,7 +125,10 @@ fn id_field(obj: &serde_json::Map<String, Value>, field: &str, required: bool) -
                     s.len()
                 )));
             }
-            if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(MintError::InvalidRequest(format!(
                     "{field} may contain only letters, digits, - and _"
                 )));
@@ -146,9 +155,12 @@ fn json_type(v: &Value) -> &'static str {
 
 /// Validates a request before anything else happens.
 pub fn parse_request(event: &Value) -> Result<Request, MintError> {
-    let obj = event
-        .as_object()
-        .ok_or_else(|| MintError::InvalidRequest(format!("the request must be a JSON object, not {}", json_type(event))))?;
+    let obj = event.as_object().ok_or_else(|| {
+        MintError::InvalidRequest(format!(
+            "the request must be a JSON object, not {}",
+            json_type(event)
+        ))
+    })?;
     match obj.get("action") {
         None | Some(Value::Null) => {}
         Some(Value::String(a)) if a == "mint" => {}
@@ -163,7 +175,10 @@ pub fn parse_request(event: &Value) -> Result<Request, MintError> {
             )));
         }
         Some(other) => {
-            return Err(MintError::InvalidRequest(format!("action must be a string, not {}", json_type(other))));
+            return Err(MintError::InvalidRequest(format!(
+                "action must be a string, not {}",
+                json_type(other)
+            )));
         }
     }
     let location_id = id_field(obj, "locationId", true)?.unwrap_or_default();
@@ -215,7 +230,10 @@ fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Er
 fn rfc3339(epoch: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(epoch)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -251,12 +269,18 @@ pub struct Minter<'a> {
 }
 
 fn usable(i: &Install, min_validity: u64) -> bool {
-    matches!(i.state, InstallState::Active | InstallState::Retrying | InstallState::Suspended)
-        && i.expires_at - now_secs() > min_validity as i64
+    matches!(
+        i.state,
+        InstallState::Active | InstallState::Retrying | InstallState::Suspended
+    ) && i.expires_at - now_secs() > min_validity as i64
 }
 
 impl Minter<'_> {
-    fn refresher<'b>(&'b self, policy: &'b RefreshPolicy, switch: &'b ReconnectSwitch) -> Refresher<'b> {
+    fn refresher<'b>(
+        &'b self,
+        policy: &'b RefreshPolicy,
+        switch: &'b ReconnectSwitch,
+    ) -> Refresher<'b> {
         Refresher {
             store: &self.svc.store,
             ghl: &self.svc.ghl,
@@ -270,7 +294,11 @@ impl Minter<'_> {
     /// Returns a grant with more than `min_validity` left, refreshing it under
     /// the shared protocol when needed. `None` when it cannot be made usable
     /// (revoked, in doubt, missing).
-    async fn fresh_grant(&self, id: &InstallId, min_validity: u64) -> Result<Option<Install>, MintError> {
+    async fn fresh_grant(
+        &self,
+        id: &InstallId,
+        min_validity: u64,
+    ) -> Result<Option<Install>, MintError> {
         let policy = RefreshPolicy::with_lease(self.lease);
         let switch = ReconnectSwitch::default();
         let started = Instant::now();
@@ -290,10 +318,15 @@ impl Minter<'_> {
                 .refresh(id, LeaseWhen::ExpiresBefore(threshold))
                 .await?
             {
-                Outcome::Refreshed(i) | Outcome::Recovered(i) | Outcome::NotNeeded(i) if usable(&i, min_validity) => {
+                Outcome::Refreshed(i) | Outcome::Recovered(i) | Outcome::NotNeeded(i)
+                    if usable(&i, min_validity) =>
+                {
                     return Ok(Some(*i));
                 }
-                Outcome::Locked | Outcome::NotNeeded(_) | Outcome::Superseded | Outcome::Journaled => {
+                Outcome::Locked
+                | Outcome::NotNeeded(_)
+                | Outcome::Superseded
+                | Outcome::Journaled => {
                     // Someone else is refreshing it: wait for their result.
                     if started.elapsed() > SINGLE_FLIGHT_WAIT {
                         return Err(MintError::UpstreamUnavailable(format!(
@@ -318,7 +351,12 @@ impl Minter<'_> {
                         "HighLevel says the location is not active; retry in a few hours".into(),
                     ));
                 }
-                Outcome::Revoked | Outcome::InDoubt | Outcome::Missing | Outcome::Skipped(_) | Outcome::Refreshed(_) | Outcome::Recovered(_) => {
+                Outcome::Revoked
+                | Outcome::InDoubt
+                | Outcome::Missing
+                | Outcome::Skipped(_)
+                | Outcome::Refreshed(_)
+                | Outcome::Recovered(_) => {
                     return Ok(None);
                 }
             }
@@ -335,7 +373,10 @@ impl Minter<'_> {
             self.check_company(req, &cached)?;
             return Ok(MintResponse::from_install(&cached, loc, "cache"));
         }
-        if let Some(own) = self.fresh_grant(&InstallId::Location(loc.clone()), min).await? {
+        if let Some(own) = self
+            .fresh_grant(&InstallId::Location(loc.clone()), min)
+            .await?
+        {
             self.check_company(req, &own)?;
             return Ok(MintResponse::from_install(&own, loc, "location-install"));
         }
@@ -358,16 +399,21 @@ impl Minter<'_> {
     /// A request naming a company must match the stored grant's company.
     fn check_company(&self, req: &MintRequest, i: &Install) -> Result<(), MintError> {
         match (&req.company_id, &i.info.company_id) {
-            (Some(asked), Some(stored)) if asked != stored => Err(MintError::InvalidRequest(format!(
-                "location {} belongs to company {stored}, not {asked}",
-                req.location_id
-            ))),
+            (Some(asked), Some(stored)) if asked != stored => {
+                Err(MintError::InvalidRequest(format!(
+                    "location {} belongs to company {stored}, not {asked}",
+                    req.location_id
+                )))
+            }
             _ => Ok(()),
         }
     }
 
     async fn known_company(&self, loc: &str) -> Result<Option<String>, MintError> {
-        for id in [InstallId::Minted(loc.into()), InstallId::Location(loc.into())] {
+        for id in [
+            InstallId::Minted(loc.into()),
+            InstallId::Location(loc.into()),
+        ] {
             if let Some(i) = self.svc.store.get(&id).await?
                 && let Some(c) = i.info.company_id
             {
@@ -388,7 +434,10 @@ impl Minter<'_> {
             return Err(MintError::NeedsReauthorization(format!(
                 "the agency grant for company {company_id} is {} ({}); the agency must reinstall the app",
                 stored.state.as_str(),
-                stored.state_reason.as_deref().unwrap_or("no reason recorded")
+                stored
+                    .state_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
             )));
         }
         self.fresh_grant(&id, COMPANY_MIN_VALIDITY as u64).await?.ok_or_else(|| {
@@ -398,13 +447,26 @@ impl Minter<'_> {
         })
     }
 
-    async fn mint_from_company(&self, loc: &str, company_id: &str, min: u64) -> Result<MintResponse, MintError> {
+    async fn mint_from_company(
+        &self,
+        loc: &str,
+        company_id: &str,
+        min: u64,
+    ) -> Result<MintResponse, MintError> {
         let minted_id = InstallId::Minted(loc.to_owned());
         let started = Instant::now();
         loop {
-            if self.svc.store.try_lock(&format!("mint#{loc}"), self.owner, self.lease).await? {
+            if self
+                .svc
+                .store
+                .try_lock(&format!("mint#{loc}"), self.owner, self.lease)
+                .await?
+            {
                 let result = self.mint_locked(loc, company_id).await;
-                self.svc.store.unlock(&format!("mint#{loc}"), self.owner).await?;
+                self.svc
+                    .store
+                    .unlock(&format!("mint#{loc}"), self.owner)
+                    .await?;
                 return result;
             }
             // Another invocation is minting this location: wait for its token.
@@ -439,7 +501,9 @@ impl Minter<'_> {
                 other => from_ghl(other, "minting a location token"),
             })?;
         let refresh_token = grant.refresh_token.clone().ok_or_else(|| {
-            MintError::UpstreamUnavailable("HighLevel's location token carried no refresh token".into())
+            MintError::UpstreamUnavailable(
+                "HighLevel's location token carried no refresh token".into(),
+            )
         })?;
         let pair = TokenPair {
             access_token: grant.access_token.clone(),
@@ -455,16 +519,26 @@ impl Minter<'_> {
         let stored = self
             .svc
             .store
-            .save_grant(&InstallId::Minted(loc.to_owned()), &pair, &info, "minted from the company grant")
+            .save_grant(
+                &InstallId::Minted(loc.to_owned()),
+                &pair,
+                &info,
+                "minted from the company grant",
+            )
             .await?;
         Ok(MintResponse::from_install(&stored, loc, "minted"))
     }
 
-    pub async fn installed_locations(&self, company_id: &str) -> Result<InstalledLocations, MintError> {
+    pub async fn installed_locations(
+        &self,
+        company_id: &str,
+    ) -> Result<InstalledLocations, MintError> {
         let app_id = self
             .app_id
             .or(self.svc.app.app_id.as_deref())
-            .ok_or_else(|| MintError::Internal("no app id: set app_id in the app secret or GHL_APP_ID".into()))?;
+            .ok_or_else(|| {
+                MintError::Internal("no app id: set app_id in the app secret or GHL_APP_ID".into())
+            })?;
         let company = self.company_grant(company_id).await?;
         let mut locations = Vec::new();
         let mut skip = 0;
@@ -497,7 +571,10 @@ mod tests {
     #[test]
     fn parses_valid_requests() {
         assert_eq!(
-            parse_request(&json!({"locationId": "loc_1", "companyId": "c-1", "minValiditySeconds": 60})).unwrap(),
+            parse_request(
+                &json!({"locationId": "loc_1", "companyId": "c-1", "minValiditySeconds": 60})
+            )
+            .unwrap(),
             Request::Mint(MintRequest {
                 location_id: "loc_1".into(),
                 company_id: Some("c-1".into()),
@@ -514,7 +591,9 @@ mod tests {
         );
         assert_eq!(
             parse_request(&json!({"action": "listInstalledLocations", "companyId": "c"})).unwrap(),
-            Request::ListInstalledLocations { company_id: "c".into() }
+            Request::ListInstalledLocations {
+                company_id: "c".into()
+            }
         );
     }
 
@@ -527,17 +606,32 @@ mod tests {
             (json!({"locationId": 42}), "must be a string, not a number"),
             (json!({"locationId": "x".repeat(10_240)}), "at most 64"),
             (json!({"locationId": "a/b"}), "only letters"),
-            (json!({"locationId": "l", "minValiditySeconds": "soon"}), "must be a number"),
-            (json!({"locationId": "l", "minValiditySeconds": -1}), "whole number"),
-            (json!({"locationId": "l", "minValiditySeconds": 100_000}), "whole number"),
+            (
+                json!({"locationId": "l", "minValiditySeconds": "soon"}),
+                "must be a number",
+            ),
+            (
+                json!({"locationId": "l", "minValiditySeconds": -1}),
+                "whole number",
+            ),
+            (
+                json!({"locationId": "l", "minValiditySeconds": 100_000}),
+                "whole number",
+            ),
             (json!({"action": "deleteEverything"}), "unknown action"),
-            (json!({"action": "listInstalledLocations"}), "companyId is required"),
+            (
+                json!({"action": "listInstalledLocations"}),
+                "companyId is required",
+            ),
         ];
         for (input, expect) in cases {
             let err = parse_request(&input).unwrap_err();
             assert_eq!(err.error_type(), "InvalidRequest");
             assert!(err.to_string().contains(expect), "{input}: {err}");
-            assert!(err.to_string().len() < 300, "error echoes the oversized input");
+            assert!(
+                err.to_string().len() < 300,
+                "error echoes the oversized input"
+            );
         }
     }
 

@@ -40,10 +40,18 @@ pub enum InstallId {
 
 impl InstallId {
     /// For a grant HighLevel issued through the OAuth flow.
-    pub fn for_grant(user_type: UserType, company_id: Option<&str>, location_id: Option<&str>) -> Option<Self> {
+    pub fn for_grant(
+        user_type: UserType,
+        company_id: Option<&str>,
+        location_id: Option<&str>,
+    ) -> Option<Self> {
         match user_type {
-            UserType::Company => company_id.filter(|s| !s.is_empty()).map(|c| Self::Company(c.to_owned())),
-            UserType::Location => location_id.filter(|s| !s.is_empty()).map(|l| Self::Location(l.to_owned())),
+            UserType::Company => company_id
+                .filter(|s| !s.is_empty())
+                .map(|c| Self::Company(c.to_owned())),
+            UserType::Location => location_id
+                .filter(|s| !s.is_empty())
+                .map(|l| Self::Location(l.to_owned())),
         }
     }
 
@@ -249,7 +257,10 @@ mod tests {
         let g: TokenGrant = serde_json::from_str(body).unwrap();
         assert_eq!(g.expires_in, 86399);
         assert_eq!(g.user_type, Some(UserType::Company));
-        assert_eq!(g.approved_locations.as_deref(), Some(&["l1".to_string()][..]));
+        assert_eq!(
+            g.approved_locations.as_deref(),
+            Some(&["l1".to_string()][..])
+        );
         let dbg = format!("{g:?}");
         assert!(!dbg.contains("eyJ.a.b") && !dbg.contains("rt-1"), "{dbg}");
     }

@@ -59,7 +59,10 @@ pub enum Outcome {
     Skipped(InstallState),
     Revoked,
     Suspended,
-    Retrying { kind: &'static str, retry_at: i64 },
+    Retrying {
+        kind: &'static str,
+        retry_at: i64,
+    },
     InDoubt,
     /// The install was replaced (reinstall) while this refresh was in flight;
     /// the pair it obtained stays in the journal, superseded.
@@ -176,10 +179,19 @@ impl Refresher<'_> {
             .await;
         match result {
             Ok(grant) => match pair_from(&grant) {
-                Some(pair) => self.persist(&install, pair, Some(&grant), "refreshed").await,
+                Some(pair) => {
+                    self.persist(&install, pair, Some(&grant), "refreshed")
+                        .await
+                }
                 None => {
-                    self.mark(&install, InstallState::InDoubt, "HighLevel's refresh answer carried no refresh token", None, install.failures)
-                        .await?;
+                    self.mark(
+                        &install,
+                        InstallState::InDoubt,
+                        "HighLevel's refresh answer carried no refresh token",
+                        None,
+                        install.failures,
+                    )
+                    .await?;
                     Ok(Outcome::InDoubt)
                 }
             },
@@ -190,7 +202,11 @@ impl Refresher<'_> {
     /// The previous holder's lease expired without a release: it may have
     /// obtained a new pair (journal) or presented the token and died.
     async fn after_abandoned(&self, install: Install) -> Result<Outcome, RefreshError> {
-        if let Some(entry) = self.store.newer_journal(&install.id, install.version).await? {
+        if let Some(entry) = self
+            .store
+            .newer_journal(&install.id, install.version)
+            .await?
+        {
             return self.adopt(&install, entry.version, entry.pair).await;
         }
         if !install.state.is_refreshable() {
@@ -208,7 +224,12 @@ impl Refresher<'_> {
         Ok(Outcome::InDoubt)
     }
 
-    async fn adopt(&self, install: &Install, journal_version: u64, pair: crate::model::TokenPair) -> Result<Outcome, RefreshError> {
+    async fn adopt(
+        &self,
+        install: &Install,
+        journal_version: u64,
+        pair: crate::model::TokenPair,
+    ) -> Result<Outcome, RefreshError> {
         // Journal entries are keyed by the version they become.
         let (from, to) = (install.version, journal_version.max(install.version + 1));
         if self
@@ -230,15 +251,35 @@ impl Refresher<'_> {
     }
 
     /// Journal, then commit; each retried while the lease has time left.
-    async fn persist(&self, install: &Install, pair: TokenPair, grant: Option<&TokenGrant>, reason: &str) -> Result<Outcome, RefreshError> {
+    async fn persist(
+        &self,
+        install: &Install,
+        pair: TokenPair,
+        grant: Option<&TokenGrant>,
+        reason: &str,
+    ) -> Result<Outcome, RefreshError> {
         let id = &install.id;
         let lease_end = install.lease_until_ms.unwrap_or(now_millis());
-        let journaled = retry_until(lease_end, || self.store.write_journal(id, install.version + 1, &pair, self.owner)).await;
+        let journaled = retry_until(lease_end, || {
+            self.store
+                .write_journal(id, install.version + 1, &pair, self.owner)
+        })
+        .await;
         if let Err(e) = &journaled {
             tracing::error!(install_id = %id, error = %e, "journal write failed after a successful refresh; trying the commit directly");
         }
         let info = grant.map(TokenGrant::info);
-        let committed = retry_until(lease_end, || self.store.commit_pair(id, install.version, install.version + 1, &pair, info.as_ref(), reason)).await;
+        let committed = retry_until(lease_end, || {
+            self.store.commit_pair(
+                id,
+                install.version,
+                install.version + 1,
+                &pair,
+                info.as_ref(),
+                reason,
+            )
+        })
+        .await;
         match committed {
             Ok(true) => {
                 let mut updated = install.clone();
@@ -253,7 +294,9 @@ impl Refresher<'_> {
                 // The version moved: either someone adopted our journal entry, or a reinstall replaced the grant.
                 let current = self.store.get(id).await?;
                 match current {
-                    Some(c) if c.refresh_token == pair.refresh_token => Ok(Outcome::Refreshed(Box::new(c))),
+                    Some(c) if c.refresh_token == pair.refresh_token => {
+                        Ok(Outcome::Refreshed(Box::new(c)))
+                    }
                     _ => Ok(Outcome::Superseded),
                 }
             }
@@ -287,7 +330,14 @@ impl Refresher<'_> {
                     return Ok(outcome);
                 }
                 let reason = format!("HighLevel: {message}; the customer must reinstall the app");
-                self.mark(&install, InstallState::Revoked, &reason, None, install.failures).await?;
+                self.mark(
+                    &install,
+                    InstallState::Revoked,
+                    &reason,
+                    None,
+                    install.failures,
+                )
+                .await?;
                 Ok(Outcome::Revoked)
             }
             GhlError::LocationNotActive { .. } => {
@@ -310,7 +360,14 @@ impl Refresher<'_> {
                 let reason = format!(
                     "the refresh was sent and {e}; HighLevel may have rotated the token, so it is not presented again"
                 );
-                self.mark(&install, InstallState::InDoubt, &reason, None, install.failures).await?;
+                self.mark(
+                    &install,
+                    InstallState::InDoubt,
+                    &reason,
+                    None,
+                    install.failures,
+                )
+                .await?;
                 Ok(Outcome::InDoubt)
             }
             e => {
@@ -322,8 +379,14 @@ impl Refresher<'_> {
                 let wait = backoff(self.policy, failures, floor);
                 let retry_at = now + wait.as_secs().max(1) as i64;
                 let reason = format!("HighLevel: {e}; retry #{failures} in {} s", wait.as_secs());
-                self.mark(&install, InstallState::Retrying, &reason, Some(retry_at), failures)
-                    .await?;
+                self.mark(
+                    &install,
+                    InstallState::Retrying,
+                    &reason,
+                    Some(retry_at),
+                    failures,
+                )
+                .await?;
                 Ok(Outcome::Retrying {
                     kind: e.kind(),
                     retry_at,
@@ -344,9 +407,16 @@ impl Refresher<'_> {
         match self.ghl.reconnect(self.app, target).await {
             Ok(code) => {
                 // The code is exchanged like an install's; redirect_uri is not bound for reconnect codes.
-                match self.ghl.exchange_code(self.app, &code, install.id.user_type(), "").await {
+                match self
+                    .ghl
+                    .exchange_code(self.app, &code, install.id.user_type(), "")
+                    .await
+                {
                     Ok(grant) => match pair_from(&grant) {
-                        Some(pair) => Ok(Some(self.persist(install, pair, Some(&grant), "reconnected").await?)),
+                        Some(pair) => Ok(Some(
+                            self.persist(install, pair, Some(&grant), "reconnected")
+                                .await?,
+                        )),
                         None => Ok(None),
                     },
                     Err(e) => {
@@ -357,7 +427,9 @@ impl Refresher<'_> {
             }
             Err(GhlError::EndpointRemoved { .. }) => {
                 if !self.reconnect.removed.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("HighLevel's reconnect endpoint is removed; not calling it again this run");
+                    tracing::warn!(
+                        "HighLevel's reconnect endpoint is removed; not calling it again this run"
+                    );
                 }
                 Ok(None)
             }
@@ -368,11 +440,25 @@ impl Refresher<'_> {
         }
     }
 
-    async fn mark(&self, install: &Install, state: InstallState, reason: &str, due_at: Option<i64>, failures: u32) -> Result<(), RefreshError> {
+    async fn mark(
+        &self,
+        install: &Install,
+        state: InstallState,
+        reason: &str,
+        due_at: Option<i64>,
+        failures: u32,
+    ) -> Result<(), RefreshError> {
         let lease_end = install.lease_until_ms.unwrap_or(now_millis());
         let ok = retry_until(lease_end, || {
-            self.store
-                .record_state(&install.id, self.owner, install.version, state, reason, due_at, failures)
+            self.store.record_state(
+                &install.id,
+                self.owner,
+                install.version,
+                state,
+                reason,
+                due_at,
+                failures,
+            )
         })
         .await?;
         if !ok {
@@ -412,11 +498,20 @@ mod tests {
     fn backoff_grows_caps_and_honours_the_floor() {
         let p = RefreshPolicy::with_lease(Duration::from_secs(60));
         let first = backoff(&p, 1, Duration::ZERO);
-        assert!(first >= Duration::from_secs(30) && first <= Duration::from_secs(60), "{first:?}");
+        assert!(
+            first >= Duration::from_secs(30) && first <= Duration::from_secs(60),
+            "{first:?}"
+        );
         let fifth = backoff(&p, 5, Duration::ZERO);
-        assert!(fifth >= Duration::from_secs(480) && fifth <= Duration::from_secs(960), "{fifth:?}");
+        assert!(
+            fifth >= Duration::from_secs(480) && fifth <= Duration::from_secs(960),
+            "{fifth:?}"
+        );
         let capped = backoff(&p, 40, Duration::ZERO);
         assert!(capped <= Duration::from_secs(3600));
-        assert_eq!(backoff(&p, 1, Duration::from_secs(5000)), Duration::from_secs(5000));
+        assert_eq!(
+            backoff(&p, 1, Duration::from_secs(5000)),
+            Duration::from_secs(5000)
+        );
     }
 }

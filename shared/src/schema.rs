@@ -3,8 +3,8 @@
 //! `shared/tests/infra_template.rs` checks that it does.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 
 /// Partition key: the install id (`company#…`, `location#…`, `minted#…`) or `code#<sha256>`.
@@ -19,7 +19,8 @@ pub const DUE_AT: &str = "due_at";
 pub const TTL: &str = "ttl";
 
 /// Key attributes and their types, as the template must declare them.
-pub const KEY_ATTRIBUTES: [(&str, &str); 4] = [(PK, "S"), (SK, "S"), (DUE_SHARD, "S"), (DUE_AT, "N")];
+pub const KEY_ATTRIBUTES: [(&str, &str); 4] =
+    [(PK, "S"), (SK, "S"), (DUE_SHARD, "S"), (DUE_AT, "N")];
 
 fn key(name: &str, kind: KeyType) -> KeySchemaElement {
     KeySchemaElement::builder()
@@ -48,7 +49,11 @@ pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Result
         .index_name(DUE_INDEX)
         .key_schema(key(DUE_SHARD, KeyType::Hash))
         .key_schema(key(DUE_AT, KeyType::Range))
-        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::KeysOnly)
+                .build(),
+        )
         .build()
         .map_err(|e| e.to_string())?;
     let mut req = ddb

@@ -30,7 +30,12 @@ impl Services {
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
         let app = AppSecret::load(&secrets, &common.app_secret_id).await?;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        let store = Store::new(ddb, &common.installs_table, app.keyring.clone(), common.due.clone());
+        let store = Store::new(
+            ddb,
+            &common.installs_table,
+            app.keyring.clone(),
+            common.due.clone(),
+        );
         let ghl = GhlClient::new(&common.ghl)?;
         Ok(Self { store, ghl, app })
     }

@@ -137,10 +137,18 @@ pub enum LeaseWhen {
 pub enum LeaseOutcome {
     /// Taken. `abandoned` is true when the previous holder's lease ran out
     /// without a release: it may have presented the refresh token.
-    Acquired { install: Box<Install>, abandoned: bool },
-    Held { owner: String, until_ms: i64 },
+    Acquired {
+        install: Box<Install>,
+        abandoned: bool,
+    },
+    Held {
+        owner: String,
+        until_ms: i64,
+    },
     /// The condition did not hold: not due any more, or not refreshable.
-    NotNeeded { install: Box<Install> },
+    NotNeeded {
+        install: Box<Install>,
+    },
     Missing,
 }
 
@@ -204,7 +212,8 @@ impl Update {
         let n = self.name(attr);
         let zero = self.value(num(0));
         let one = self.value(num(1));
-        self.sets.push(format!("{n} = if_not_exists({n}, {zero}) + {one}"));
+        self.sets
+            .push(format!("{n} = if_not_exists({n}, {zero}) + {one}"));
         self
     }
 
@@ -237,7 +246,9 @@ fn num(v: i64) -> AttributeValue {
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
 fn get_n(item: &Item, name: &str) -> Option<i64> {
@@ -251,11 +262,9 @@ fn get_bool(item: &Item, name: &str) -> Option<bool> {
 }
 
 fn get_list(item: &Item, name: &str) -> Option<Vec<String>> {
-    item.get(name).and_then(|v| v.as_l().ok()).map(|l| {
-        l.iter()
-            .filter_map(|v| v.as_s().ok().cloned())
-            .collect()
-    })
+    item.get(name)
+        .and_then(|v| v.as_l().ok())
+        .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
 }
 
 /// Stable across processes and releases (unlike `std::hash`), so every
@@ -313,7 +322,10 @@ impl Store {
     }
 
     fn set_due(&self, u: &mut Update, id: &InstallId, due_at: i64) {
-        u.set(DUE_SHARD, s(shard_name(shard_of(&id.key(), self.due.shards))));
+        u.set(
+            DUE_SHARD,
+            s(shard_name(shard_of(&id.key(), self.due.shards))),
+        );
         u.set(DUE_AT, num(due_at));
     }
 
@@ -321,11 +333,15 @@ impl Store {
         let key = id.key();
         u.set(
             attr::ACCESS_TOKEN,
-            s(self.keyring.seal(&pair.access_token, &key, attr::ACCESS_TOKEN)),
+            s(self
+                .keyring
+                .seal(&pair.access_token, &key, attr::ACCESS_TOKEN)),
         );
         u.set(
             attr::REFRESH_TOKEN,
-            s(self.keyring.seal(&pair.refresh_token, &key, attr::REFRESH_TOKEN)),
+            s(self
+                .keyring
+                .seal(&pair.refresh_token, &key, attr::REFRESH_TOKEN)),
         );
         u.set(attr::KEY_ID, s(self.keyring.current_key_id()));
         u.set(attr::EXPIRES_AT, num(pair.expires_at));
@@ -338,7 +354,10 @@ impl Store {
         u.set_opt(attr::USER_ID, info.user_id.clone().map(s));
         u.set_opt(attr::SCOPE, info.scope.clone().map(s));
         u.set_opt(attr::PLAN_ID, info.plan_id.clone().map(s));
-        u.set_opt(attr::IS_BULK, info.is_bulk_installation.map(AttributeValue::Bool));
+        u.set_opt(
+            attr::IS_BULK,
+            info.is_bulk_installation.map(AttributeValue::Bool),
+        );
         u.set_opt(
             attr::APPROVED_LOCATIONS,
             info.approved_locations
@@ -349,7 +368,10 @@ impl Store {
             attr::INSTALL_TO_FUTURE,
             info.install_to_future_locations.map(AttributeValue::Bool),
         );
-        u.set_opt(attr::APPROVE_ALL, info.approve_all_locations.map(AttributeValue::Bool));
+        u.set_opt(
+            attr::APPROVE_ALL,
+            info.approve_all_locations.map(AttributeValue::Bool),
+        );
     }
 
     fn set_state(&self, u: &mut Update, state: InstallState, reason: &str, now: i64) {
@@ -359,21 +381,36 @@ impl Store {
         u.set(attr::UPDATED_AT, num(now));
     }
 
-    fn update(&self, pk: &str, sk: &str, u: Update) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    fn update(
+        &self,
+        pk: &str,
+        sk: &str,
+        u: Update,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         self.ddb
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(pk, sk)))
             .update_expression(u.expression())
             .set_expression_attribute_names(Some(u.names))
-            .set_expression_attribute_values(if u.values.is_empty() { None } else { Some(u.values) })
+            .set_expression_attribute_values(if u.values.is_empty() {
+                None
+            } else {
+                Some(u.values)
+            })
     }
 
     /// Stores a fresh grant from a code exchange or a mint. A reinstall
     /// replaces the tokens and keeps the install's identity: first-install
     /// time, counters, and a version that only grows (so any refresh still in
     /// flight for the old tokens cannot commit over the new ones).
-    pub async fn save_grant(&self, id: &InstallId, pair: &TokenPair, info: &GrantInfo, reason: &str) -> Result<Install, StoreError> {
+    pub async fn save_grant(
+        &self,
+        id: &InstallId,
+        pair: &TokenPair,
+        info: &GrantInfo,
+        reason: &str,
+    ) -> Result<Install, StoreError> {
         let now = now_secs();
         let mut u = Update::default();
         self.set_tokens(&mut u, id, pair);
@@ -430,7 +467,8 @@ impl Store {
         Ok(Install {
             access_token: open(attr::ACCESS_TOKEN)?,
             refresh_token: open(attr::REFRESH_TOKEN)?,
-            expires_at: get_n(&item, attr::EXPIRES_AT).ok_or_else(|| corrupt("expires_at missing"))?,
+            expires_at: get_n(&item, attr::EXPIRES_AT)
+                .ok_or_else(|| corrupt("expires_at missing"))?,
             info: GrantInfo {
                 user_type: get_s(&item, attr::USER_TYPE).and_then(UserType::parse),
                 company_id: get_s(&item, attr::COMPANY_ID).map(str::to_owned),
@@ -541,19 +579,31 @@ impl Store {
     /// Takes the lease on an install: owner, expiry, and (through the version
     /// already on the item) a fencing token. The returned install is the
     /// authoritative state at the moment of taking.
-    pub async fn acquire_lease(&self, id: &InstallId, owner: &str, lease: Duration, when: LeaseWhen) -> Result<LeaseOutcome, StoreError> {
+    pub async fn acquire_lease(
+        &self,
+        id: &InstallId,
+        owner: &str,
+        lease: Duration,
+        when: LeaseWhen,
+    ) -> Result<LeaseOutcome, StoreError> {
         let now_ms = now_millis();
         let until = now_ms + lease.as_millis() as i64;
         let mut u = Update::default();
         u.set(attr::LEASE_OWNER, s(owner));
         u.set(attr::LEASE_UNTIL, num(until));
         // Only a holder that meant to present the refresh token can leave it in doubt.
-        let intent = if matches!(when, LeaseWhen::Always) { "maintain" } else { "refresh" };
+        let intent = if matches!(when, LeaseWhen::Always) {
+            "maintain"
+        } else {
+            "refresh"
+        };
         u.set(attr::LEASE_INTENT, s(intent));
         let lease_n = u.name(attr::LEASE_UNTIL);
         let now_v = u.value(num(now_ms));
         let pk_n = u.name(PK);
-        let mut cond = format!("attribute_exists({pk_n}) AND (attribute_not_exists({lease_n}) OR {lease_n} < {now_v})");
+        let mut cond = format!(
+            "attribute_exists({pk_n}) AND (attribute_not_exists({lease_n}) OR {lease_n} < {now_v})"
+        );
         match when {
             LeaseWhen::DueBy(t) => {
                 let (n, v) = (u.name(DUE_AT), u.value(num(t)));
@@ -617,7 +667,9 @@ impl Store {
     /// longer ours.
     pub async fn release_lease(&self, id: &InstallId, owner: &str) -> Result<(), StoreError> {
         let mut u = Update::default();
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
+        u.remove(attr::LEASE_OWNER)
+            .remove(attr::LEASE_UNTIL)
+            .remove(attr::LEASE_INTENT);
         let (n, v) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let res = self
             .update(&id.key(), GRANT_SK, u)
@@ -632,17 +684,27 @@ impl Store {
     /// Makes a rotated pair durable before anything else happens. Keyed by the
     /// version it will become; only one refresh of a token can succeed, so at
     /// most one pair exists per version and a retried put is harmless.
-    pub async fn write_journal(&self, id: &InstallId, version: u64, pair: &TokenPair, owner: &str) -> Result<(), StoreError> {
+    pub async fn write_journal(
+        &self,
+        id: &InstallId,
+        version: u64,
+        pair: &TokenPair,
+        owner: &str,
+    ) -> Result<(), StoreError> {
         let key = id.key();
         let now = now_secs();
         let mut item = key_of(&key, &format!("{JOURNAL_PREFIX}{version:020}"));
         item.insert(
             attr::ACCESS_TOKEN.into(),
-            s(self.keyring.seal(&pair.access_token, &key, attr::ACCESS_TOKEN)),
+            s(self
+                .keyring
+                .seal(&pair.access_token, &key, attr::ACCESS_TOKEN)),
         );
         item.insert(
             attr::REFRESH_TOKEN.into(),
-            s(self.keyring.seal(&pair.refresh_token, &key, attr::REFRESH_TOKEN)),
+            s(self
+                .keyring
+                .seal(&pair.refresh_token, &key, attr::REFRESH_TOKEN)),
         );
         item.insert(attr::KEY_ID.into(), s(self.keyring.current_key_id()));
         item.insert(attr::EXPIRES_AT.into(), num(pair.expires_at));
@@ -662,7 +724,11 @@ impl Store {
 
     /// The newest journal entry above `version`, if any: a pair some holder
     /// obtained but did not commit.
-    pub async fn newer_journal(&self, id: &InstallId, version: u64) -> Result<Option<JournalEntry>, StoreError> {
+    pub async fn newer_journal(
+        &self,
+        id: &InstallId,
+        version: u64,
+    ) -> Result<Option<JournalEntry>, StoreError> {
         let key = id.key();
         let out = self
             .ddb
@@ -743,7 +809,9 @@ impl Store {
         u.set(attr::LAST_REFRESHED_AT, num(now));
         u.set(attr::VERSION, num(to as i64));
         u.increment(attr::REFRESH_COUNT);
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
+        u.remove(attr::LEASE_OWNER)
+            .remove(attr::LEASE_UNTIL)
+            .remove(attr::LEASE_INTENT);
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(from as i64)));
         let res = self
             .update(&id.key(), GRANT_SK, u)
@@ -780,7 +848,9 @@ impl Store {
             }
         }
         u.set(attr::FAILURES, num(i64::from(failures)));
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
+        u.remove(attr::LEASE_OWNER)
+            .remove(attr::LEASE_UNTIL)
+            .remove(attr::LEASE_INTENT);
         let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(version as i64)));
         let res = self
@@ -808,7 +878,9 @@ impl Store {
                 expires_at: install.expires_at,
             },
         );
-        u.remove(attr::LEASE_OWNER).remove(attr::LEASE_UNTIL).remove(attr::LEASE_INTENT);
+        u.remove(attr::LEASE_OWNER)
+            .remove(attr::LEASE_UNTIL)
+            .remove(attr::LEASE_INTENT);
         let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(install.version as i64)));
         let res = self
@@ -827,11 +899,19 @@ impl Store {
 
     /// A short mutual-exclusion lock on a name (single flight for mints).
     /// Free when absent or expired; released by [`Store::unlock`].
-    pub async fn try_lock(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let now_ms = now_millis();
         let mut item = key_of(&format!("lock#{name}"), "lock");
         item.insert(attr::LEASE_OWNER.into(), s(owner));
-        item.insert(attr::LEASE_UNTIL.into(), num(now_ms + ttl.as_millis() as i64));
+        item.insert(
+            attr::LEASE_UNTIL.into(),
+            num(now_ms + ttl.as_millis() as i64),
+        );
         item.insert(TTL.into(), num(now_ms / 1000 + ttl.as_secs() as i64 + 3600));
         let res = self
             .ddb
@@ -868,7 +948,13 @@ impl Store {
     // ---- due index ------------------------------------------------------
 
     /// One page of installs in `shard` due at or before `now`, oldest first.
-    pub async fn due_page(&self, shard: u32, now: i64, limit: i32, start: Option<Item>) -> Result<DuePage, StoreError> {
+    pub async fn due_page(
+        &self,
+        shard: u32,
+        now: i64,
+        limit: i32,
+        start: Option<Item>,
+    ) -> Result<DuePage, StoreError> {
         let out = self
             .ddb
             .query()
@@ -901,7 +987,10 @@ impl Store {
     }
 
     /// Every install key, page by page (maintenance only: key rotation).
-    pub async fn install_keys_page(&self, start: Option<Item>) -> Result<(Vec<InstallId>, Option<Item>), StoreError> {
+    pub async fn install_keys_page(
+        &self,
+        start: Option<Item>,
+    ) -> Result<(Vec<InstallId>, Option<Item>), StoreError> {
         let out = self
             .ddb
             .scan()
@@ -942,7 +1031,9 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &E)
     e.code() == Some("ConditionalCheckFailedException")
 }
 
-fn ignore_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error>(
+fn ignore_condition_failure<
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
+>(
     res: Result<(), E>,
     op: &'static str,
 ) -> Result<(), StoreError> {
@@ -970,7 +1061,9 @@ mod tests {
     #[test]
     fn update_expressions_use_placeholders() {
         let mut u = Update::default();
-        u.set("state", s("active")).increment("version").remove("lease_owner");
+        u.set("state", s("active"))
+            .increment("version")
+            .remove("lease_owner");
         let e = u.expression();
         assert_eq!(
             e,

@@ -76,12 +76,19 @@ impl Breaker {
         self.attempts += 1;
         let n = self.by_class.entry(class).or_insert(0);
         *n += 1;
-        (self.attempts >= self.min_attempts && f64::from(*n) / f64::from(self.attempts) >= self.ratio).then_some(class)
+        (self.attempts >= self.min_attempts
+            && f64::from(*n) / f64::from(self.attempts) >= self.ratio)
+            .then_some(class)
     }
 }
 
 /// Runs one sweep. `deadline` is when the invocation must have answered.
-pub async fn run(svc: Arc<Services>, cfg: &SweepConfig, deadline: Instant, owner: &str) -> SweepSummary {
+pub async fn run(
+    svc: Arc<Services>,
+    cfg: &SweepConfig,
+    deadline: Instant,
+    owner: &str,
+) -> SweepSummary {
     let started = Instant::now();
     let now = now_secs();
     let policy = Arc::new(RefreshPolicy {
@@ -92,7 +99,8 @@ pub async fn run(svc: Arc<Services>, cfg: &SweepConfig, deadline: Instant, owner
         reconnect_fallback: cfg.reconnect_fallback,
     });
     // One refresh at worst: connect + request timeouts, then the journal and commit writes.
-    let per_refresh = cfg.common.ghl.connect_timeout + cfg.common.ghl.request_timeout + Duration::from_secs(2);
+    let per_refresh =
+        cfg.common.ghl.connect_timeout + cfg.common.ghl.request_timeout + Duration::from_secs(2);
     let needed = per_refresh + cfg.deadline_reserve;
     let stop = Arc::new(AtomicBool::new(false));
     let oldest_due = Arc::new(AtomicI64::new(i64::MAX));
@@ -158,7 +166,12 @@ pub async fn run(svc: Arc<Services>, cfg: &SweepConfig, deadline: Instant, owner
         }
         let Some(id) = rx.recv().await else { break };
         summary.examined += 1;
-        let (svc, policy, owner, reconnect) = (svc.clone(), policy.clone(), owner.clone(), reconnect.clone());
+        let (svc, policy, owner, reconnect) = (
+            svc.clone(),
+            policy.clone(),
+            owner.clone(),
+            reconnect.clone(),
+        );
         workers.spawn(async move {
             let r = Refresher {
                 store: &svc.store,
@@ -186,7 +199,11 @@ pub async fn run(svc: Arc<Services>, cfg: &SweepConfig, deadline: Instant, owner
     }
     summary.complete = complete && summary.stopped.is_none();
     let oldest = oldest_due.load(Ordering::Relaxed);
-    summary.oldest_due_age_secs = if oldest == i64::MAX { 0 } else { (now - oldest).max(0) };
+    summary.oldest_due_age_secs = if oldest == i64::MAX {
+        0
+    } else {
+        (now - oldest).max(0)
+    };
     summary.duration_ms = started.elapsed().as_millis() as u64;
     emit_metrics(&summary);
     summary
@@ -233,7 +250,11 @@ fn tally(
         Outcome::Retrying { kind, retry_at } => {
             tracing::warn!(install_id = %id, outcome = name, error = kind, retry_at, "refresh outcome");
         }
-        Outcome::Revoked | Outcome::InDoubt | Outcome::Suspended | Outcome::Superseded | Outcome::Journaled => {
+        Outcome::Revoked
+        | Outcome::InDoubt
+        | Outcome::Suspended
+        | Outcome::Superseded
+        | Outcome::Journaled => {
             tracing::warn!(install_id = %id, outcome = name, "refresh outcome");
         }
         _ => tracing::info!(install_id = %id, outcome = name, "refresh outcome"),
@@ -241,7 +262,9 @@ fn tally(
     let counter = match outcome {
         Outcome::Refreshed(_) => &mut summary.refreshed,
         Outcome::Recovered(_) => &mut summary.recovered,
-        Outcome::NotNeeded(_) | Outcome::Skipped(_) | Outcome::Missing => &mut summary.skipped_not_due,
+        Outcome::NotNeeded(_) | Outcome::Skipped(_) | Outcome::Missing => {
+            &mut summary.skipped_not_due
+        }
         Outcome::Locked => &mut summary.skipped_locked,
         Outcome::Revoked => &mut summary.revoked,
         Outcome::Suspended => &mut summary.suspended,
@@ -254,7 +277,12 @@ fn tally(
     if let Some(class) = breaker.record(name)
         && summary.stopped.is_none()
     {
-        tracing::error!(alarm = true, class, attempts = breaker.attempts, "fleet breaker tripped: too many installs failing the same way; stopping the run");
+        tracing::error!(
+            alarm = true,
+            class,
+            attempts = breaker.attempts,
+            "fleet breaker tripped: too many installs failing the same way; stopping the run"
+        );
         summary.stopped = Some(format!("breaker:{class}"));
         stop.store(true, Ordering::Relaxed);
         crate::metrics::count("SweepBreakerTripped", 1);
@@ -304,7 +332,14 @@ mod tests {
             attempts: 0,
             by_class: BTreeMap::new(),
         };
-        for o in ["revoked", "retrying", "in_doubt", "suspended", "refreshed", "revoked"] {
+        for o in [
+            "revoked",
+            "retrying",
+            "in_doubt",
+            "suspended",
+            "refreshed",
+            "revoked",
+        ] {
             assert_eq!(b.record(o), None);
         }
     }

@@ -96,11 +96,15 @@ pub struct Faults {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Fault {
-    ServerError { status: u16 },
+    ServerError {
+        status: u16,
+    },
     RateLimited,
     /// Process the request fully (a refresh rotates), then cut the connection.
     Drop,
-    Latency { ms: u64 },
+    Latency {
+        ms: u64,
+    },
     InvalidClient,
 }
 
@@ -132,7 +136,10 @@ fn short_fp(s: &str) -> String {
 impl fmt::Debug for TokenEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenEntry")
-            .field("refresh_token", &format_args!("fp:{}", short_fp(&self.refresh_token)))
+            .field(
+                "refresh_token",
+                &format_args!("fp:{}", short_fp(&self.refresh_token)),
+            )
             .field("grant_id", &self.grant_id)
             .field("user_type", &self.user_type)
             .field("company_id", &self.company_id)
@@ -156,7 +163,9 @@ impl Ledger {
     }
 
     pub fn is_live(&self, refresh_token: &str) -> bool {
-        self.tokens.iter().any(|t| t.live && t.refresh_token == refresh_token)
+        self.tokens
+            .iter()
+            .any(|t| t.live && t.refresh_token == refresh_token)
     }
 
     pub fn live_count(&self) -> usize {
@@ -247,7 +256,9 @@ fn now_ms() -> u64 {
 
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 fn trace_id() -> String {
@@ -315,7 +326,10 @@ impl Sim {
             ("response_type", "code".into()),
             ("client_id", cfg.client_id.clone()),
             ("redirect_uri", redirect_uri.into()),
-            ("scope", "oauth.readonly oauth.write contacts.readonly".into()),
+            (
+                "scope",
+                "oauth.readonly oauth.write contacts.readonly".into(),
+            ),
             ("sim_user_type", target.user_type.as_str().into()),
             ("sim_company_id", target.company_id.clone()),
         ];
@@ -406,7 +420,12 @@ impl Shared {
     fn seed(&self, g: SeedGrant) -> Value {
         let cfg = lock(&self.cfg).clone();
         let mut inner = lock(&self.inner);
-        let grant_id = inner.new_grant(g.user_type, &g.company_id, g.location_id.as_deref(), "oauth.readonly oauth.write contacts.readonly");
+        let grant_id = inner.new_grant(
+            g.user_type,
+            &g.company_id,
+            g.location_id.as_deref(),
+            "oauth.readonly oauth.write contacts.readonly",
+        );
         let ttl = g.access_token_ttl_secs.unwrap_or(cfg.access_token_ttl_secs);
         inner.token_response(&cfg, &grant_id, ttl)
     }
@@ -465,7 +484,13 @@ impl Shared {
 }
 
 impl Inner {
-    fn new_grant(&mut self, user_type: UserType, company_id: &str, location_id: Option<&str>, scope: &str) -> String {
+    fn new_grant(
+        &mut self,
+        user_type: UserType,
+        company_id: &str,
+        location_id: Option<&str>,
+        scope: &str,
+    ) -> String {
         self.next_grant += 1;
         let id = format!("grant-{}", self.next_grant);
         self.grants.insert(
@@ -483,7 +508,12 @@ impl Inner {
     }
 
     fn issue(&mut self, grant_id: &str, ttl_secs: u64) -> (String, String) {
-        let access = format!("eyJ{}.{}.{}", random_hex(12), random_hex(24), random_hex(16));
+        let access = format!(
+            "eyJ{}.{}.{}",
+            random_hex(12),
+            random_hex(24),
+            random_hex(16)
+        );
         let refresh = format!("rt-{}", random_hex(24));
         let now = now_ms();
         self.access.insert(
@@ -571,9 +601,18 @@ use axum::Json;
 
 fn rate_headers(resp: &mut Response, remaining: u64) {
     let h = resp.headers_mut();
-    h.insert("x-ratelimit-limit-daily", HeaderValue::from_static("200000"));
-    h.insert("x-ratelimit-daily-remaining", HeaderValue::from_static("199000"));
-    h.insert("x-ratelimit-interval-milliseconds", HeaderValue::from_static("10000"));
+    h.insert(
+        "x-ratelimit-limit-daily",
+        HeaderValue::from_static("200000"),
+    );
+    h.insert(
+        "x-ratelimit-daily-remaining",
+        HeaderValue::from_static("199000"),
+    );
+    h.insert(
+        "x-ratelimit-interval-milliseconds",
+        HeaderValue::from_static("10000"),
+    );
     h.insert("x-ratelimit-max", HeaderValue::from_static("100"));
     h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
 }
@@ -603,8 +642,13 @@ struct Broken;
 impl http_body::Body for Broken {
     type Data = Bytes;
     type Error = std::io::Error;
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(Some(Err(std::io::Error::other("simulated dropped response"))))
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::other(
+            "simulated dropped response",
+        ))))
     }
 }
 
@@ -633,14 +677,23 @@ where
         match fault {
             Some(Fault::ServerError { status }) => {
                 let s = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                api_json(s, json!({"statusCode": s.as_u16(), "message": s.canonical_reason().unwrap_or("Server Error")}))
+                api_json(
+                    s,
+                    json!({"statusCode": s.as_u16(), "message": s.canonical_reason().unwrap_or("Server Error")}),
+                )
             }
             Some(Fault::RateLimited) => {
-                let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"statusCode": 429, "message": "Too Many Requests"}))).into_response();
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"statusCode": 429, "message": "Too Many Requests"})),
+                )
+                    .into_response();
                 rate_headers(&mut r, 0);
                 r
             }
-            Some(Fault::InvalidClient) => error(StatusCode::UNAUTHORIZED, "Invalid client credentials"),
+            Some(Fault::InvalidClient) => {
+                error(StatusCode::UNAUTHORIZED, "Invalid client credentials")
+            }
             Some(Fault::Drop) => {
                 let _ = process(&shared);
                 dropped()
@@ -648,14 +701,23 @@ where
             Some(Fault::Latency { .. }) | None => process(&shared),
         }
     });
-    task.await.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    task.await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 fn html(status: StatusCode, text: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], format!("<!doctype html><title>HighLevel simulator</title><p>{text}</p>")).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        format!("<!doctype html><title>HighLevel simulator</title><p>{text}</p>"),
+    )
+        .into_response()
 }
 
-async fn consent(State(shared): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn consent(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let cfg = lock(&shared.cfg).clone();
     if q.get("client_id") != Some(&cfg.client_id) {
         return html(StatusCode::BAD_REQUEST, "Unknown client_id");
@@ -665,17 +727,25 @@ async fn consent(State(shared): State<Arc<Shared>>, Query(q): Query<HashMap<Stri
     };
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     if q.get("sim_deny").map(String::as_str) == Some("1") {
-        let to = format!("{redirect_uri}{sep}error=access_denied&error_description=The+user+denied+access");
+        let to = format!(
+            "{redirect_uri}{sep}error=access_denied&error_description=The+user+denied+access"
+        );
         return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
     }
     let user_type = match q.get("sim_user_type").map(String::as_str) {
         Some("Location") => UserType::Location,
         _ => UserType::Company,
     };
-    let company_id = q.get("sim_company_id").cloned().unwrap_or_else(|| "sim-company".into());
+    let company_id = q
+        .get("sim_company_id")
+        .cloned()
+        .unwrap_or_else(|| "sim-company".into());
     let location_id = q.get("sim_location_id").cloned();
     if user_type == UserType::Location && location_id.is_none() {
-        return html(StatusCode::BAD_REQUEST, "sim_location_id is required for a Location install");
+        return html(
+            StatusCode::BAD_REQUEST,
+            "sim_location_id is required for a Location install",
+        );
     }
     let code = random_hex(20);
     let mut inner = lock(&shared.inner);
@@ -703,18 +773,30 @@ async fn consent(State(shared): State<Arc<Shared>>, Query(q): Query<HashMap<Stri
             used: false,
         },
     );
-    (StatusCode::FOUND, [(header::LOCATION, format!("{redirect_uri}{sep}code={code}"))]).into_response()
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("{redirect_uri}{sep}code={code}"))],
+    )
+        .into_response()
 }
 
 fn form(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, Response> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if !ct.starts_with("application/x-www-form-urlencoded") {
         return Err(error(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!(["body must be application/x-www-form-urlencoded"]),
         ));
     }
-    serde_urlencoded::from_bytes(body).map_err(|_| error(StatusCode::UNPROCESSABLE_ENTITY, json!(["body is not a valid form"])))
+    serde_urlencoded::from_bytes(body).map_err(|_| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!(["body is not a valid form"]),
+        )
+    })
 }
 
 fn require(f: &HashMap<String, String>, fields: &[&str]) -> Result<(), Response> {
@@ -755,17 +837,34 @@ fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
             let now = now_ms();
             let redirect = f.get("redirect_uri").cloned().unwrap_or_default();
             let Some(code) = inner.codes.get_mut(&f["code"]) else {
-                return error(StatusCode::BAD_REQUEST, "Invalid grant: authorization code is invalid");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid grant: authorization code is invalid",
+                );
             };
-            let valid = !code.used && code.expires_at_ms > now && code.client_id == cfg.client_id && code.redirect_uri == redirect;
+            let valid = !code.used
+                && code.expires_at_ms > now
+                && code.client_id == cfg.client_id
+                && code.redirect_uri == redirect;
             code.used = true;
             if !valid {
-                return error(StatusCode::BAD_REQUEST, "Invalid grant: authorization code is invalid");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid grant: authorization code is invalid",
+                );
             }
-            let (ut, c, l, scope) = (code.user_type, code.company_id.clone(), code.location_id.clone(), code.scope.clone());
+            let (ut, c, l, scope) = (
+                code.user_type,
+                code.company_id.clone(),
+                code.location_id.clone(),
+                code.scope.clone(),
+            );
             let gid = inner.new_grant(ut, &c, l.as_deref(), &scope);
             inner.counters.code_exchanges += 1;
-            api_json(StatusCode::OK, inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs))
+            api_json(
+                StatusCode::OK,
+                inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs),
+            )
         }
         "refresh_token" => {
             if let Err(r) = require(f, &["refresh_token"]) {
@@ -775,13 +874,19 @@ fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
             let Some(rec) = inner.tokens.get(rt) else {
                 inner.counters.unknown_refresh_tokens_presented += 1;
                 inner.counters.refresh_rejections += 1;
-                return error(StatusCode::BAD_REQUEST, "Invalid grant: refresh token is invalid");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid grant: refresh token is invalid",
+                );
             };
             let gid = rec.grant_id.clone();
             let live = rec.live;
             let grant = &inner.grants[&gid];
             let inactive = grant.user_type == UserType::Location
-                && grant.location_id.as_ref().is_some_and(|l| inner.inactive.contains(l));
+                && grant
+                    .location_id
+                    .as_ref()
+                    .is_some_and(|l| inner.inactive.contains(l));
             if live && inactive {
                 if let Some(r) = inner.tokens.get_mut(rt) {
                     r.presented_while_inactive += 1;
@@ -794,12 +899,21 @@ fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
             }
             if !live {
                 inner.counters.refresh_rejections += 1;
-                return error(StatusCode::BAD_REQUEST, "Invalid grant: refresh token is invalid");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid grant: refresh token is invalid",
+                );
             }
             inner.counters.refreshes += 1;
-            api_json(StatusCode::OK, inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs))
+            api_json(
+                StatusCode::OK,
+                inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs),
+            )
         }
-        _ => error(StatusCode::UNPROCESSABLE_ENTITY, json!(["grant_type must be one of authorization_code, refresh_token"])),
+        _ => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!(["grant_type must be one of authorization_code, refresh_token"]),
+        ),
     }
 }
 
@@ -829,7 +943,11 @@ fn check_version(headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-async fn location_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn location_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let f = match form(&headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
@@ -851,15 +969,26 @@ async fn location_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
         if inner.grants[&gid].company_id != company {
             return error(StatusCode::BAD_REQUEST, "Invalid parameter: companyId");
         }
-        if !inner.locations.get(&company).is_some_and(|m| m.contains_key(&loc)) {
-            return error(StatusCode::BAD_REQUEST, "Location not found or app not installed for this location");
+        if !inner
+            .locations
+            .get(&company)
+            .is_some_and(|m| m.contains_key(&loc))
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Location not found or app not installed for this location",
+            );
         }
         if inner.inactive.contains(&loc) {
             return error(StatusCode::BAD_REQUEST, "Location is not active");
         }
         let scope = inner.grants[&gid].scope.clone();
         let new = inner.new_grant(UserType::Location, &company, Some(&loc), &scope);
-        *inner.counters.location_mints.entry(loc.clone()).or_default() += 1;
+        *inner
+            .counters
+            .location_mints
+            .entry(loc.clone())
+            .or_default() += 1;
         let mut body = inner.token_response(&cfg, &new, cfg.access_token_ttl_secs);
         body["appId"] = json!(cfg.app_id);
         body["versionId"] = json!(cfg.version_id);
@@ -869,7 +998,11 @@ async fn location_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
     .await
 }
 
-async fn installed_locations(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn installed_locations(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     gated(shared, move |s| {
         let cfg = lock(&s.cfg).clone();
         let mut inner = lock(&s.inner);
@@ -929,7 +1062,9 @@ async fn reconnect(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn ctl_ledger(State(s): State<Arc<Shared>>) -> Json<Value> {
     let l = s.ledger();
-    Json(json!({"tokens": l.tokens, "presentedTwice": l.presented_twice(), "liveCount": l.live_count()}))
+    Json(
+        json!({"tokens": l.tokens, "presentedTwice": l.presented_twice(), "liveCount": l.live_count()}),
+    )
 }
 
 async fn ctl_counters(State(s): State<Arc<Shared>>) -> Json<Counters> {
@@ -962,7 +1097,10 @@ async fn ctl_queue(State(s): State<Arc<Shared>>, Json(f): Json<OneOrMany<Fault>>
     StatusCode::NO_CONTENT
 }
 
-async fn ctl_seed(State(s): State<Arc<Shared>>, Json(g): Json<OneOrMany<SeedGrant>>) -> Json<Vec<Value>> {
+async fn ctl_seed(
+    State(s): State<Arc<Shared>>,
+    Json(g): Json<OneOrMany<SeedGrant>>,
+) -> Json<Vec<Value>> {
     Json(g.into_vec().into_iter().map(|g| s.seed(g)).collect())
 }
 
@@ -996,7 +1134,11 @@ struct ActiveBody {
     active: bool,
 }
 
-async fn ctl_active(State(s): State<Arc<Shared>>, Path(id): Path<String>, Json(b): Json<ActiveBody>) -> StatusCode {
+async fn ctl_active(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(b): Json<ActiveBody>,
+) -> StatusCode {
     let mut inner = lock(&s.inner);
     if b.active {
         inner.inactive.remove(&id);

@@ -15,7 +15,8 @@ fn arg(args: &[String], flag: &str, env: &str) -> Option<String> {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let listen = arg(&args, "--listen", "GHL_SIM_LISTEN").unwrap_or_else(|| "127.0.0.1:8700".into());
+    let listen =
+        arg(&args, "--listen", "GHL_SIM_LISTEN").unwrap_or_else(|| "127.0.0.1:8700".into());
     let addr: SocketAddr = match listen.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -49,7 +50,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    println!("{}", serde_json::json!({"event": "listening", "baseUrl": sim.base_url()}));
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "baseUrl": sim.base_url()})
+    );
     let _ = tokio::signal::ctrl_c().await;
     sim.shutdown();
 }

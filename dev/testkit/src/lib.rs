@@ -874,7 +874,13 @@ pub async fn http_get_location(url: &str) -> String {
     resp.headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("no Location header from {} (status {})", url.split('?').next().unwrap_or(url), resp.status()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no Location header from {} (status {})",
+                url.split('?').next().unwrap_or(url),
+                resp.status()
+            )
+        })
         .to_owned()
 }
 
@@ -900,5 +906,7 @@ pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
         }
     })
     .await;
-    out.into_iter().map(|o| o.expect("every future completed")).collect()
+    out.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
 }

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use shared::app_secret::AppSecret;
 use shared::config::{DuePolicy, GhlConfig};
 use shared::ghl::GhlClient;
-use shared::services::Services;
 use shared::model::{GrantInfo, InstallId, TokenPair};
 use shared::redact::SecretString;
+use shared::services::Services;
 use shared::store::{Install, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,11 +86,15 @@ impl Stack {
             }
         }
         let sim = Arc::new(Sim::start(sim_cfg.clone()).await.expect("simulator starts"));
-        let api = RuntimeApi::start().await.expect("runtime API emulator starts");
+        let api = RuntimeApi::start()
+            .await
+            .expect("runtime API emulator starts");
         let sdk = shared::aws::sdk_config().await;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let table = unique("installs");
-        shared::schema::create_table(&ddb, &table).await.expect("table created in moto");
+        shared::schema::create_table(&ddb, &table)
+            .await
+            .expect("table created in moto");
         let secret_id = unique("ghl-app");
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
@@ -157,15 +161,21 @@ impl Stack {
         ]
     }
 
-    /// Starts a function binary of this workspace against this stack.
+    /// Starts a function binary of this workspace against this stack, polling `self.api`.
     pub fn spawn(&self, bin: &str, extra: &[(&str, &str)]) -> FunctionProcess {
+        self.spawn_on(&self.api, bin, extra)
+    }
+
+    /// The same, polling another Runtime API: one per function, as in Lambda,
+    /// when several functions run at once.
+    pub fn spawn_on(&self, api: &RuntimeApi, bin: &str, extra: &[(&str, &str)]) -> FunctionProcess {
         let mut env: Vec<(String, String)> = self.env();
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
             env.push(((*k).into(), (*v).into()));
         }
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        FunctionProcess::spawn(&workspace_bin(bin), &self.api, &refs).expect("function process starts")
+        FunctionProcess::spawn(&workspace_bin(bin), api, &refs).expect("function process starts")
     }
 
     /// Creates a grant in the simulator and stores it as an install whose
@@ -174,10 +184,13 @@ impl Stack {
     pub async fn seed_install(&self, id: &InstallId, company_id: &str, expires_in: i64) -> Install {
         let (user_type, location_id) = match id {
             InstallId::Company(_) => (ghl_sim::UserType::Company, None),
-            InstallId::Location(l) | InstallId::Minted(l) => (ghl_sim::UserType::Location, Some(l.clone())),
+            InstallId::Location(l) | InstallId::Minted(l) => {
+                (ghl_sim::UserType::Location, Some(l.clone()))
+            }
         };
         if let Some(l) = &location_id {
-            self.sim.add_locations(company_id, &[(l.as_str(), l.as_str())]);
+            self.sim
+                .add_locations(company_id, &[(l.as_str(), l.as_str())]);
         }
         let body = self.sim.seed_grant(ghl_sim::SeedGrant {
             user_type,
@@ -187,7 +200,9 @@ impl Stack {
         });
         let pair = TokenPair {
             access_token: SecretString::new(body["access_token"].as_str().expect("access_token")),
-            refresh_token: SecretString::new(body["refresh_token"].as_str().expect("refresh_token")),
+            refresh_token: SecretString::new(
+                body["refresh_token"].as_str().expect("refresh_token"),
+            ),
             expires_at: shared::model::now_secs() + expires_in,
         };
         let info = GrantInfo {
@@ -197,12 +212,17 @@ impl Stack {
             scope: body["scope"].as_str().map(str::to_owned),
             ..Default::default()
         };
-        self.store().save_grant(id, &pair, &info, "seeded").await.expect("seeded install saved")
+        self.store()
+            .save_grant(id, &pair, &info, "seeded")
+            .await
+            .expect("seeded install saved")
     }
 
     /// Seeds `n` due installs (companies `{prefix}-{i}`) concurrently.
     pub async fn seed_many(&self, prefix: &str, n: usize, expires_in: i64) -> Vec<InstallId> {
-        let ids: Vec<InstallId> = (0..n).map(|i| InstallId::Company(format!("{prefix}-{i}"))).collect();
+        let ids: Vec<InstallId> = (0..n)
+            .map(|i| InstallId::Company(format!("{prefix}-{i}")))
+            .collect();
         let mut set = tokio::task::JoinSet::new();
         for chunk in ids.chunks(n.div_ceil(16).max(1)) {
             let chunk = chunk.to_vec();
@@ -234,7 +254,10 @@ impl Stack {
             .key("pk", AttributeValue::S(id.key()))
             .key("sk", AttributeValue::S("grant".into()))
             .update_expression("SET due_at = :d")
-            .expression_attribute_values(":d", AttributeValue::N((shared::model::now_secs() - 1).to_string()))
+            .expression_attribute_values(
+                ":d",
+                AttributeValue::N((shared::model::now_secs() - 1).to_string()),
+            )
             .send()
             .await
             .expect("make due");
@@ -267,8 +290,14 @@ impl Stack {
         }
         all.sort_by_key(|i| {
             (
-                i.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
-                i.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+                i.get("pk")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default(),
+                i.get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default(),
             )
         });
         all
@@ -298,7 +327,11 @@ impl Stack {
             .collect();
         out.push(self.app.client_secret.expose().to_owned());
         for item in self.items().await {
-            let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let pk = item
+                .get("pk")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
             if let Some(id) = shared::model::InstallId::parse_key(&pk)
                 && let Ok(Some(i)) = self.store().get(&id).await
             {
@@ -331,7 +364,10 @@ pub fn function_url_event(method: &str, query: &[(&str, &str)]) -> Value {
         .iter()
         .map(|(k, v)| format!("{k}={}", urlencode(v)))
         .collect();
-    let params: serde_json::Map<String, Value> = query.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+    let params: serde_json::Map<String, Value> = query
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
     let mut event = json!({
         "version": "2.0",
         "routeKey": "$default",
@@ -365,7 +401,9 @@ pub fn scheduled_event() -> Value {
 fn urlencode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -387,7 +425,9 @@ impl Seeder {
         });
         let pair = TokenPair {
             access_token: SecretString::new(body["access_token"].as_str().expect("access_token")),
-            refresh_token: SecretString::new(body["refresh_token"].as_str().expect("refresh_token")),
+            refresh_token: SecretString::new(
+                body["refresh_token"].as_str().expect("refresh_token"),
+            ),
             expires_at: shared::model::now_secs() + expires_in,
         };
         let info = GrantInfo {
@@ -395,11 +435,17 @@ impl Seeder {
             company_id: Some(id.id().into()),
             ..Default::default()
         };
-        self.store.save_grant(id, &pair, &info, "seeded").await.expect("seeded install saved");
+        self.store
+            .save_grant(id, &pair, &info, "seeded")
+            .await
+            .expect("seeded install saved");
     }
 }
 
 /// The JSON log lines of a function process (other lines skipped).
 pub fn json_logs(lines: &[String]) -> Vec<Value> {
-    lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect()
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
 }

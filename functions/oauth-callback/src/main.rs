@@ -91,7 +91,9 @@ fn advice(err: &InstallError) -> &'static str {
         InstallError::MissingCode | InstallError::CodeTooLong(_) | InstallError::CodeMalformed => {
             "This page must be reached from HighLevel's install screen. Start the installation again from the HighLevel Marketplace."
         }
-        InstallError::ConsentDenied { .. } => "Nothing was installed. To install, start again from the HighLevel Marketplace and approve access.",
+        InstallError::ConsentDenied { .. } => {
+            "Nothing was installed. To install, start again from the HighLevel Marketplace and approve access."
+        }
         InstallError::CodeRejected { .. } | InstallError::CodeAbandoned => {
             "Authorization codes work once and expire quickly. Start the installation again from the HighLevel Marketplace."
         }
@@ -99,7 +101,9 @@ fn advice(err: &InstallError) -> &'static str {
         InstallError::AppCredentialsRejected | InstallError::BadGrant(_) => {
             "Nothing was installed. The app's owner has been alerted; please try again later."
         }
-        InstallError::HighLevelUnavailable(_) | InstallError::HighLevelTimeout | InstallError::Storage(_) => {
+        InstallError::HighLevelUnavailable(_)
+        | InstallError::HighLevelTimeout
+        | InstallError::Storage(_) => {
             "Nothing was installed. Please try the installation again in a few minutes."
         }
     }
@@ -113,7 +117,10 @@ fn html(status: StatusCode, body: String) -> Response<Body> {
         // The URL carries the code: never send it on as a referrer.
         .header("referrer-policy", "no-referrer")
         .header("x-content-type-options", "nosniff")
-        .header("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'");
+        .header(
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'",
+        );
     if status == StatusCode::METHOD_NOT_ALLOWED {
         builder = builder.header("allow", "GET, HEAD");
     }
@@ -155,10 +162,22 @@ fn respond(cfg: &CallbackConfig, result: Result<CallbackOutcome, InstallError>) 
                     .body(Body::Empty)
                     .unwrap_or_else(|_| Response::new(Body::Empty));
             }
-            let heading = if i.reinstall { "App reinstalled" } else { "App installed" };
+            let heading = if i.reinstall {
+                "App reinstalled"
+            } else {
+                "App installed"
+            };
             html(
                 StatusCode::OK,
-                page(heading, heading, &[what(&i), "You can close this window and return to HighLevel.".into()], true),
+                page(
+                    heading,
+                    heading,
+                    &[
+                        what(&i),
+                        "You can close this window and return to HighLevel.".into(),
+                    ],
+                    true,
+                ),
             )
         }
         Err(err) => {
@@ -170,7 +189,12 @@ fn respond(cfg: &CallbackConfig, result: Result<CallbackOutcome, InstallError>) 
             };
             html(
                 status,
-                page("Installation failed", "Installation failed", &[message, advice(&err).into()], false),
+                page(
+                    "Installation failed",
+                    "Installation failed",
+                    &[message, advice(&err).into()],
+                    false,
+                ),
             )
         }
     }
@@ -187,7 +211,9 @@ fn capitalise(s: &str) -> String {
 fn urlencode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -4,9 +4,9 @@
 use ghl_sim::{ConsentTarget, Fault, UserType as SimUserType};
 use serde_json::Value;
 use shared::model::{InstallId, InstallState};
+use std::time::Duration;
 use testkit::stack::{Stack, function_url_event};
 use testkit::{FunctionProcess, InvokeOptions};
-use std::time::Duration;
 
 fn company(id: &str) -> ConsentTarget {
     ConsentTarget {
@@ -39,7 +39,10 @@ async fn get(stack: &Stack, query: &[(&str, &str)]) -> Answer {
 async fn call(stack: &Stack, method: &str, query: &[(&str, &str)]) -> Answer {
     let out = stack
         .api
-        .invoke_with(function_url_event(method, query), InvokeOptions::with_deadline(Duration::from_secs(30)))
+        .invoke_with(
+            function_url_event(method, query),
+            InvokeOptions::with_deadline(Duration::from_secs(30)),
+        )
         .await
         .expect("the function answers (never a function error)");
     Answer {
@@ -56,14 +59,25 @@ async fn start(stack: &Stack, extra: &[(&str, &str)]) -> FunctionProcess {
 #[tokio::test(flavor = "multi_thread")]
 async fn company_install_lands_encrypted_with_metadata() {
     let stack = Stack::new().await;
-    stack.sim.add_locations("co-1", &[("loc-a", "A"), ("loc-b", "B")]);
+    stack
+        .sim
+        .add_locations("co-1", &[("loc-a", "A"), ("loc-b", "B")]);
     let f = start(&stack, &[]).await;
     let code = stack.consent_code(&company("co-1")).await;
     let a = get(&stack, &[("code", &code)]).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert!(a.body.contains("App installed") && a.body.contains("co-1"), "{}", a.body);
+    assert!(
+        a.body.contains("App installed") && a.body.contains("co-1"),
+        "{}",
+        a.body
+    );
     assert_eq!(a.headers["referrer-policy"], "no-referrer");
-    assert!(a.headers["content-type"].as_str().unwrap().starts_with("text/html"));
+    assert!(
+        a.headers["content-type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
 
     let install = stack
         .store()
@@ -74,12 +88,21 @@ async fn company_install_lands_encrypted_with_metadata() {
     assert_eq!(install.state, InstallState::Active);
     assert_eq!(install.install_count, 1);
     assert_eq!(install.info.company_id.as_deref(), Some("co-1"));
-    assert_eq!(install.info.approved_locations.as_ref().map(Vec::len), Some(2));
+    assert_eq!(
+        install.info.approved_locations.as_ref().map(Vec::len),
+        Some(2)
+    );
     assert!(install.info.scope.is_some() && install.info.user_id.is_some());
     let now = shared::model::now_secs();
-    assert!((install.expires_at - (now + 86_399)).abs() < 30, "absolute expiry from expires_in");
+    assert!(
+        (install.expires_at - (now + 86_399)).abs() < 30,
+        "absolute expiry from expires_in"
+    );
     assert!(install.due_at.unwrap() < install.expires_at);
-    assert!(stack.sim.ledger().is_live(install.refresh_token.expose()), "the stored refresh token is HighLevel's live one");
+    assert!(
+        stack.sim.ledger().is_live(install.refresh_token.expose()),
+        "the stored refresh token is HighLevel's live one"
+    );
 
     // At rest, the tokens are ciphertext under key k1 and nothing else looks like a token.
     let items = stack.items().await;
@@ -90,7 +113,10 @@ async fn company_install_lands_encrypted_with_metadata() {
     for field in ["access_token", "refresh_token"] {
         let v = raw[field].as_s().unwrap();
         assert!(v.starts_with("v1:k1:"), "{field} is not sealed");
-        assert!(!v.contains(install.refresh_token.expose()) && !v.contains(install.access_token.expose()));
+        assert!(
+            !v.contains(install.refresh_token.expose())
+                && !v.contains(install.access_token.expose())
+        );
     }
     assert_eq!(raw["company_id"].as_s().unwrap(), "co-1");
     // The code claim records the outcome; no other items.
@@ -130,21 +156,47 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         ("GET", vec![("code", &long)], 400, "600 characters long"),
         (
             "GET",
-            vec![("error", "access_denied"), ("error_description", "The user denied access")],
+            vec![
+                ("error", "access_denied"),
+                ("error_description", "The user denied access"),
+            ],
             400,
             "not approved (access_denied): The user denied access",
         ),
-        ("POST", vec![("code", "abc")], 405, "Method POST is not allowed"),
-        ("DELETE", vec![("code", "abc")], 405, "Method DELETE is not allowed"),
-        ("GET", vec![("code", "not-a-real-code")], 400, "authorization code is invalid"),
+        (
+            "POST",
+            vec![("code", "abc")],
+            405,
+            "Method POST is not allowed",
+        ),
+        (
+            "DELETE",
+            vec![("code", "abc")],
+            405,
+            "Method DELETE is not allowed",
+        ),
+        (
+            "GET",
+            vec![("code", "not-a-real-code")],
+            400,
+            "authorization code is invalid",
+        ),
     ];
     let before = stack.items().await;
     for (method, query, status, message) in cases {
         let a = call(&stack, method, &query).await;
         assert_eq!(a.status, status, "{method} {query:?}: {}", a.body);
-        assert!(a.body.contains(message), "{method} {query:?}: page lacks {message:?}: {}", a.body);
+        assert!(
+            a.body.contains(message),
+            "{method} {query:?}: page lacks {message:?}: {}",
+            a.body
+        );
         assert!(a.body.contains("role=\"alert\""));
-        assert_eq!(stack.items().await, before, "{method} {query:?} changed the table");
+        assert_eq!(
+            stack.items().await,
+            before,
+            "{method} {query:?} changed the table"
+        );
     }
     let a = call(&stack, "POST", &[("code", "abc")]).await;
     assert_eq!(a.headers["allow"], "GET, HEAD");
@@ -160,7 +212,15 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn highlevel_down_or_slow_is_a_gateway_error_and_stores_nothing() {
     let stack = Stack::new().await;
-    let _f = start(&stack, &[("GHL_HTTP_TIMEOUT_MS", "800"), ("GHL_CONNECT_TIMEOUT_MS", "500"), ("LEASE_SECS", "10")]).await;
+    let _f = start(
+        &stack,
+        &[
+            ("GHL_HTTP_TIMEOUT_MS", "800"),
+            ("GHL_CONNECT_TIMEOUT_MS", "500"),
+            ("LEASE_SECS", "10"),
+        ],
+    )
+    .await;
     let before = stack.items().await;
 
     stack.sim.push_fault(Fault::ServerError { status: 503 });
@@ -202,8 +262,17 @@ async fn the_same_code_twice_exchanges_once_and_shows_the_same_page() {
     let c = get(&stack, &[("code", &code)]).await;
     assert_eq!(c.status, 200);
     assert_eq!(c.body, a.body, "a browser refresh shows it again");
-    assert_eq!(stack.sim.counters().code_exchanges, 1, "HighLevel saw one exchange");
-    let install = stack.store().get(&InstallId::Company("co-6".into())).await.unwrap().unwrap();
+    assert_eq!(
+        stack.sim.counters().code_exchanges,
+        1,
+        "HighLevel saw one exchange"
+    );
+    let install = stack
+        .store()
+        .get(&InstallId::Company("co-6".into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(install.install_count, 1);
     assert!(stack.sim.ledger().is_live(install.refresh_token.expose()));
     let mut logs = f1.logs();
@@ -225,7 +294,10 @@ async fn reinstall_replaces_tokens_and_keeps_identity() {
     assert_eq!(a.status, 200);
     assert!(a.body.contains("App reinstalled"), "{}", a.body);
     let two = stack.store().get(&id).await.unwrap().unwrap();
-    assert_eq!(two.installed_at, one.installed_at, "first-install time kept");
+    assert_eq!(
+        two.installed_at, one.installed_at,
+        "first-install time kept"
+    );
     assert!(two.last_installed_at > one.last_installed_at);
     assert_eq!(two.install_count, 2);
     assert!(two.version > one.version, "version only grows");
@@ -237,12 +309,19 @@ async fn reinstall_replaces_tokens_and_keeps_identity() {
 #[tokio::test(flavor = "multi_thread")]
 async fn success_redirect_carries_ids_and_no_secrets() {
     let stack = Stack::new().await;
-    let _f = start(&stack, &[("SUCCESS_REDIRECT_URL", "https://app.example.com/welcome")]).await;
+    let _f = start(
+        &stack,
+        &[("SUCCESS_REDIRECT_URL", "https://app.example.com/welcome")],
+    )
+    .await;
     let code = stack.consent_code(&company("co-8")).await;
     let a = get(&stack, &[("code", &code)]).await;
     assert_eq!(a.status, 302);
     let location = a.headers["location"].as_str().unwrap();
-    assert_eq!(location, "https://app.example.com/welcome?userType=Company&companyId=co-8");
+    assert_eq!(
+        location,
+        "https://app.example.com/welcome?userType=Company&companyId=co-8"
+    );
     assert!(!location.contains(&code));
 }
 
@@ -252,10 +331,13 @@ async fn bad_configuration_fails_the_cold_start_naming_the_variable() {
     let f = start(&stack, &[("GHL_REDIRECT_URI", "ftp://nope")]).await;
     let _ = stack
         .api
-        .invoke_with(function_url_event("GET", &[("code", "x")]), InvokeOptions {
-            wait: Duration::from_secs(5),
-            ..InvokeOptions::with_deadline(Duration::from_secs(5))
-        })
+        .invoke_with(
+            function_url_event("GET", &[("code", "x")]),
+            InvokeOptions {
+                wait: Duration::from_secs(5),
+                ..InvokeOptions::with_deadline(Duration::from_secs(5))
+            },
+        )
         .await;
     let logs = f.logs().join("\n");
     assert!(logs.contains("GHL_REDIRECT_URI is invalid"), "{logs}");

@@ -33,15 +33,18 @@ impl From<SweepError> for Diagnostic {
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     shared::metrics::enable();
-    let cfg = SweepConfig::from_env(&Env::process()).inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let cfg = SweepConfig::from_env(&Env::process())
+        .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let svc = Services::load(&cfg.common)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let (cfg, svc) = (Arc::new(cfg), Arc::new(svc));
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| {
-        let (cfg, svc) = (cfg.clone(), svc.clone());
-        async move { sweep(&cfg, svc, event).await }
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| {
+            let (cfg, svc) = (cfg.clone(), svc.clone());
+            async move { sweep(&cfg, svc, event).await }
+        },
+    ))
     .await
 }
 

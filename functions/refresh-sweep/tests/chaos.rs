@@ -56,8 +56,14 @@ async fn chaos_never_presents_a_refresh_token_twice() {
         stack.sim.push_fault(Fault::Latency { ms: 5_000 });
     }
 
-    let mut sweeps: Vec<_> = (0..3).map(|_| stack.spawn("refresh-sweep", SWEEP_ENV)).collect();
-    let _mints: Vec<_> = (0..2).map(|_| stack.spawn("token-mint", SWEEP_ENV)).collect();
+    // One Runtime API per function, as in Lambda.
+    let mint_api = testkit::RuntimeApi::start().await.unwrap();
+    let mut sweeps: Vec<_> = (0..3)
+        .map(|_| stack.spawn("refresh-sweep", SWEEP_ENV))
+        .collect();
+    let _mints: Vec<_> = (0..2)
+        .map(|_| stack.spawn_on(&mint_api, "token-mint", SWEEP_ENV))
+        .collect();
     let mut kills = 0;
     let mut mint_ok = 0;
     let mut mint_err: BTreeMap<String, u32> = BTreeMap::new();
@@ -69,7 +75,7 @@ async fn chaos_never_presents_a_refresh_token_twice() {
         let sweep_calls = (0..3).map(|_| api.invoke_with(scheduled_event(), opts()));
         let mint_calls = mint_targets
             .iter()
-            .map(|(c, l)| api.invoke_with(json!({"locationId": l, "companyId": c}), opts()));
+            .map(|(c, l)| mint_api.invoke_with(json!({"locationId": l, "companyId": c}), opts()));
         let all: Vec<_> = sweep_calls.chain(mint_calls).collect();
         let killer = async {
             if rounds == 1 {
@@ -79,10 +85,22 @@ async fn chaos_never_presents_a_refresh_token_twice() {
             }
         };
         let (results, ()) = tokio::join!(join_all(all), killer);
+        let round_started = Instant::now();
+        for (i, r) in results.iter().take(3).enumerate() {
+            match r {
+                Ok(summary) => println!("round {rounds} sweep {i}: {summary}"),
+                Err(e) => println!("round {rounds} sweep {i}: {e:?}"),
+            }
+        }
+        let _ = round_started;
         for r in results.into_iter().skip(3) {
             match r {
                 Ok(_) => mint_ok += 1,
-                Err(e) => *mint_err.entry(format!("{e:?}").chars().take(40).collect()).or_default() += 1,
+                Err(e) => {
+                    *mint_err
+                        .entry(format!("{e:?}").chars().take(40).collect())
+                        .or_default() += 1
+                }
             }
         }
         if rounds == 1 {
@@ -99,7 +117,11 @@ async fn chaos_never_presents_a_refresh_token_twice() {
     let ledger = stack.sim.ledger();
     let mut states: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut all_ids = ids.clone();
-    all_ids.extend(mint_targets.iter().map(|(_, l)| InstallId::Minted(l.clone())));
+    all_ids.extend(
+        mint_targets
+            .iter()
+            .map(|(_, l)| InstallId::Minted(l.clone())),
+    );
     for id in &all_ids {
         let Some(i) = stack.store().get(id).await.unwrap() else {
             continue;
@@ -107,7 +129,11 @@ async fn chaos_never_presents_a_refresh_token_twice() {
         *states.entry(i.state.as_str()).or_default() += 1;
         match i.state {
             InstallState::Active | InstallState::Retrying => {
-                assert!(ledger.is_live(i.refresh_token.expose()), "{id} is {} but holds a dead token", i.state.as_str());
+                assert!(
+                    ledger.is_live(i.refresh_token.expose()),
+                    "{id} is {} but holds a dead token",
+                    i.state.as_str()
+                );
             }
             _ => assert!(
                 i.state_reason.as_deref().is_some_and(|r| !r.is_empty()),
@@ -116,7 +142,9 @@ async fn chaos_never_presents_a_refresh_token_twice() {
             ),
         }
         assert!(
-            i.state != InstallState::Active || i.due_at.unwrap_or(i64::MAX) > now_secs() || i.refresh_count > 0,
+            i.state != InstallState::Active
+                || i.due_at.unwrap_or(i64::MAX) > now_secs()
+                || i.refresh_count > 0,
             "{id} still due and never refreshed"
         );
     }
@@ -129,7 +157,10 @@ async fn chaos_never_presents_a_refresh_token_twice() {
         started.elapsed()
     );
     assert_eq!(presented_twice, 0, "a refresh token was presented twice");
-    assert!(states.get("active").copied().unwrap_or(0) > n / 2, "{states:?}");
+    assert!(
+        states.get("active").copied().unwrap_or(0) > n / 2,
+        "{states:?}"
+    );
 }
 
 async fn any_due(stack: &Stack, ids: &[InstallId]) -> bool {

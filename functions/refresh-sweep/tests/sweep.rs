@@ -28,14 +28,18 @@ fn refreshed_order(logs: &[String]) -> Vec<String> {
 async fn due_installs_are_refreshed_in_due_order_and_the_rest_left_alone() {
     let stack = Stack::with_shards(1).await;
     // Due in a known order: the one expiring soonest first.
-    let due: Vec<InstallId> = (0..5).map(|i| InstallId::Company(format!("due-{i}"))).collect();
+    let due: Vec<InstallId> = (0..5)
+        .map(|i| InstallId::Company(format!("due-{i}")))
+        .collect();
     for (i, id) in due.iter().enumerate().rev() {
         stack.seed_install(id, id.id(), 60 + i as i64 * 10).await;
     }
     let fresh = InstallId::Company("fresh".into());
     let before_fresh = stack.seed_install(&fresh, "fresh", 86_399).await;
     let f = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "1")]);
-    let summary = sweep(&stack, Duration::from_secs(60)).await.expect("sweep answers");
+    let summary = sweep(&stack, Duration::from_secs(60))
+        .await
+        .expect("sweep answers");
     assert_eq!(summary["examined"], 5, "{summary}");
     assert_eq!(summary["refreshed"], 5, "{summary}");
     assert_eq!(summary["complete"], true);
@@ -50,7 +54,10 @@ async fn due_installs_are_refreshed_in_due_order_and_the_rest_left_alone() {
         assert!(stack.sim.ledger().is_live(i.refresh_token.expose()));
     }
     let after_fresh = stack.store().get(&fresh).await.unwrap().unwrap();
-    assert_eq!(after_fresh.version, before_fresh.version, "not-due install untouched");
+    assert_eq!(
+        after_fresh.version, before_fresh.version,
+        "not-due install untouched"
+    );
     assert_eq!(stack.sim.ledger().presented_twice(), 0);
     stack.assert_logs_clean(&f.logs(), &[]).await;
 }
@@ -65,17 +72,31 @@ async fn two_sweeps_at_once_refresh_each_install_exactly_once() {
     });
     let a = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "16")]);
     let b = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "16")]);
-    let (ra, rb) = tokio::join!(sweep(&stack, Duration::from_secs(120)), sweep(&stack, Duration::from_secs(120)));
+    let (ra, rb) = tokio::join!(
+        sweep(&stack, Duration::from_secs(120)),
+        sweep(&stack, Duration::from_secs(120))
+    );
     let (ra, rb) = (ra.expect("sweep a"), rb.expect("sweep b"));
     let total = ra["refreshed"].as_u64().unwrap() + rb["refreshed"].as_u64().unwrap();
     assert_eq!(total, 150, "a: {ra}\nb: {rb}");
     for id in &ids {
         let i = stack.store().get(id).await.unwrap().unwrap();
-        assert_eq!(i.refresh_count, 1, "{id} refreshed {} times", i.refresh_count);
-        assert!(stack.sim.ledger().is_live(i.refresh_token.expose()), "{id} holds a dead token");
+        assert_eq!(
+            i.refresh_count, 1,
+            "{id} refreshed {} times",
+            i.refresh_count
+        );
+        assert!(
+            stack.sim.ledger().is_live(i.refresh_token.expose()),
+            "{id} holds a dead token"
+        );
     }
     let ledger = stack.sim.ledger();
-    assert_eq!(ledger.presented_twice(), 0, "a refresh token was presented twice");
+    assert_eq!(
+        ledger.presented_twice(),
+        0,
+        "a refresh token was presented twice"
+    );
     let mut logs = a.logs();
     logs.extend(b.logs());
     stack.assert_logs_clean(&logs, &[]).await;
@@ -84,7 +105,10 @@ async fn two_sweeps_at_once_refresh_each_install_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_failure_class_ends_in_its_own_state() {
     let stack = Stack::new().await;
-    let _f = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "1"), ("BREAKER_MIN_ATTEMPTS", "1000")]);
+    let _f = stack.spawn(
+        "refresh-sweep",
+        &[("SWEEP_CONCURRENCY", "1"), ("BREAKER_MIN_ATTEMPTS", "1000")],
+    );
 
     // Invalid grant -> revoked, out of the due index.
     let revoked = InstallId::Company("gone".into());
@@ -94,7 +118,11 @@ async fn each_failure_class_ends_in_its_own_state() {
     assert_eq!(s["revoked"], 1, "{s}");
     let i = stack.store().get(&revoked).await.unwrap().unwrap();
     assert_eq!(i.state, InstallState::Revoked);
-    assert!(i.state_reason.as_deref().unwrap().contains("Invalid grant"), "{:?}", i.state_reason);
+    assert!(
+        i.state_reason.as_deref().unwrap().contains("Invalid grant"),
+        "{:?}",
+        i.state_reason
+    );
     assert!(i.due_at.is_none() && i.state_changed_at >= now_secs() - 60);
 
     // Location is not active -> suspended, token kept, back to active once it works.
@@ -105,13 +133,22 @@ async fn each_failure_class_ends_in_its_own_state() {
     assert_eq!(s["suspended"], 1, "{s}");
     let i = stack.store().get(&suspended).await.unwrap().unwrap();
     assert_eq!(i.state, InstallState::Suspended);
-    assert!(i.due_at.unwrap() >= now_secs() + 6 * 3600 - 60, "retried after hours");
-    assert!(stack.sim.ledger().is_live(i.refresh_token.expose()), "token kept");
+    assert!(
+        i.due_at.unwrap() >= now_secs() + 6 * 3600 - 60,
+        "retried after hours"
+    );
+    assert!(
+        stack.sim.ledger().is_live(i.refresh_token.expose()),
+        "token kept"
+    );
     stack.sim.set_location_active("sleepy", true);
     stack.make_due(&suspended).await;
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["refreshed"], 1, "{s}");
-    assert_eq!(stack.store().get(&suspended).await.unwrap().unwrap().state, InstallState::Active);
+    assert_eq!(
+        stack.store().get(&suspended).await.unwrap().unwrap().state,
+        InstallState::Active
+    );
 
     // 429 -> retrying, no sooner than HighLevel's interval; 5xx -> retrying with backoff.
     for (name, fault, min_wait) in [
@@ -126,8 +163,14 @@ async fn each_failure_class_ends_in_its_own_state() {
         let i = stack.store().get(&id).await.unwrap().unwrap();
         assert_eq!(i.state, InstallState::Retrying, "{name}");
         assert_eq!(i.failures, 1);
-        assert!(i.due_at.unwrap() >= now_secs() + min_wait - 2, "{name} retried too soon");
-        assert!(stack.sim.ledger().is_live(i.refresh_token.expose()), "{name}: token not consumed");
+        assert!(
+            i.due_at.unwrap() >= now_secs() + min_wait - 2,
+            "{name} retried too soon"
+        );
+        assert!(
+            stack.sim.ledger().is_live(i.refresh_token.expose()),
+            "{name}: token not consumed"
+        );
         stack.make_due(&id).await;
         let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
         assert_eq!(s["refreshed"], 1, "{name} recovers: {s}");
@@ -145,21 +188,30 @@ async fn each_failure_class_ends_in_its_own_state() {
     assert_eq!(i.state, InstallState::InDoubt);
     assert!(i.due_at.is_none());
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
-    assert_eq!(s["examined"], 0, "in-doubt installs are not swept again: {s}");
+    assert_eq!(
+        s["examined"], 0,
+        "in-doubt installs are not swept again: {s}"
+    );
 
     // Invalid client credentials: no install marked, run stopped with a stable errorType.
     let innocent = InstallId::Company("innocent".into());
     let before = stack.seed_install(&innocent, "innocent", 60).await;
     stack.sim.set_client_secret("rotated-on-highlevel");
     match sweep(&stack, Duration::from_secs(30)).await {
-        Err(InvokeError::Function { error_type, error_message }) => {
+        Err(InvokeError::Function {
+            error_type,
+            error_message,
+        }) => {
             assert_eq!(error_type, "InvalidClientCredentials");
             assert!(error_message.contains("invalid_client"), "{error_message}");
         }
         other => panic!("expected a function error, got {other:?}"),
     }
     let after = stack.store().get(&innocent).await.unwrap().unwrap();
-    assert_eq!((after.state, after.version, after.due_at), (InstallState::Active, before.version, before.due_at));
+    assert_eq!(
+        (after.state, after.version, after.due_at),
+        (InstallState::Active, before.version, before.due_at)
+    );
     assert!(after.lease_owner.is_none(), "lease released");
     assert_eq!(stack.sim.ledger().presented_twice(), 0);
 }
@@ -182,7 +234,9 @@ async fn the_run_stops_before_the_deadline_and_leaves_the_rest_due() {
             ("SWEEP_DEADLINE_RESERVE_MS", "200"),
         ],
     );
-    let s = sweep(&stack, Duration::from_secs(8)).await.expect("answered before the deadline");
+    let s = sweep(&stack, Duration::from_secs(8))
+        .await
+        .expect("answered before the deadline");
     assert_eq!(s["stopped"], "deadline", "{s}");
     assert_eq!(s["complete"], false);
     let refreshed = s["refreshed"].as_u64().unwrap();
@@ -207,14 +261,26 @@ async fn a_token_obtained_but_never_committed_is_recovered_not_burned() {
     // A worker takes the lease, refreshes, journals the new pair, and dies before the commit.
     let store = stack.store();
     let lease = store
-        .acquire_lease(&id, "dead-worker", Duration::from_secs(1), LeaseWhen::DueBy(now_secs()))
+        .acquire_lease(
+            &id,
+            "dead-worker",
+            Duration::from_secs(1),
+            LeaseWhen::DueBy(now_secs()),
+        )
         .await
         .unwrap();
-    assert!(matches!(lease, shared::store::LeaseOutcome::Acquired { .. }));
+    assert!(matches!(
+        lease,
+        shared::store::LeaseOutcome::Acquired { .. }
+    ));
     let grant = stack
         .svc
         .ghl
-        .refresh(&stack.app, &seeded.refresh_token, shared::model::UserType::Company)
+        .refresh(
+            &stack.app,
+            &seeded.refresh_token,
+            shared::model::UserType::Company,
+        )
         .await
         .unwrap();
     let pair = TokenPair {
@@ -222,17 +288,27 @@ async fn a_token_obtained_but_never_committed_is_recovered_not_burned() {
         refresh_token: grant.refresh_token.clone().unwrap(),
         expires_at: now_secs() + 86_399,
     };
-    store.write_journal(&id, seeded.version + 1, &pair, "dead-worker").await.unwrap();
+    store
+        .write_journal(&id, seeded.version + 1, &pair, "dead-worker")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 
     let _f = stack.spawn("refresh-sweep", &[]);
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["recovered"], 1, "{s}");
     let i = store.get(&id).await.unwrap().unwrap();
-    assert_eq!(i.refresh_token, pair.refresh_token, "the journaled token was adopted");
+    assert_eq!(
+        i.refresh_token, pair.refresh_token,
+        "the journaled token was adopted"
+    );
     assert_eq!(i.state, InstallState::Active);
     assert!(stack.sim.ledger().is_live(i.refresh_token.expose()));
-    assert_eq!(stack.sim.ledger().presented_twice(), 0, "the used token was not presented again");
+    assert_eq!(
+        stack.sim.ledger().presented_twice(),
+        0,
+        "the used token was not presented again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,7 +320,11 @@ async fn invalid_grant_looks_for_a_newer_token_before_revoking() {
     let grant = stack
         .svc
         .ghl
-        .refresh(&stack.app, &seeded.refresh_token, shared::model::UserType::Company)
+        .refresh(
+            &stack.app,
+            &seeded.refresh_token,
+            shared::model::UserType::Company,
+        )
         .await
         .unwrap();
     let pair = TokenPair {
@@ -252,7 +332,11 @@ async fn invalid_grant_looks_for_a_newer_token_before_revoking() {
         refresh_token: grant.refresh_token.clone().unwrap(),
         expires_at: now_secs() + 86_399,
     };
-    stack.store().write_journal(&id, seeded.version + 1, &pair, "other").await.unwrap();
+    stack
+        .store()
+        .write_journal(&id, seeded.version + 1, &pair, "other")
+        .await
+        .unwrap();
     let _f = stack.spawn("refresh-sweep", &[]);
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["recovered"], 1, "{s}");
@@ -270,7 +354,11 @@ async fn the_fleet_breaker_stops_a_run_that_fails_the_same_way() {
     }
     let _f = stack.spawn(
         "refresh-sweep",
-        &[("SWEEP_CONCURRENCY", "1"), ("BREAKER_MIN_ATTEMPTS", "10"), ("BREAKER_PERCENT", "50")],
+        &[
+            ("SWEEP_CONCURRENCY", "1"),
+            ("BREAKER_MIN_ATTEMPTS", "10"),
+            ("BREAKER_PERCENT", "50"),
+        ],
     );
     let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["stopped"], "breaker:revoked", "{s}");

@@ -31,7 +31,8 @@ impl From<FunctionError> for Diagnostic {
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     shared::metrics::enable();
-    let cfg = MintConfig::from_env(&Env::process()).inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let cfg = MintConfig::from_env(&Env::process())
+        .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let svc = Services::load(&cfg.common)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
@@ -80,24 +81,33 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionE
                     "location token served"
                 );
                 shared::metrics::count("MintServed", 1);
-                serde_json::to_value(&resp)
-                    .map_err(|e| FunctionError(MintError::Internal(format!("response serialisation: {e}"))))
+                serde_json::to_value(&resp).map_err(|e| {
+                    FunctionError(MintError::Internal(format!("response serialisation: {e}")))
+                })
             }
             Err(e) => {
                 tracing::warn!(caller, location_id = %req.location_id, error = e.error_type(), message = %e, "mint failed");
                 Err(FunctionError(e))
             }
         },
-        Request::ListInstalledLocations { company_id } => match minter.installed_locations(&company_id).await {
-            Ok(list) => {
-                tracing::info!(caller, company_id, count = list.count, "installed locations listed");
-                serde_json::to_value(&list)
-                    .map_err(|e| FunctionError(MintError::Internal(format!("response serialisation: {e}"))))
+        Request::ListInstalledLocations { company_id } => {
+            match minter.installed_locations(&company_id).await {
+                Ok(list) => {
+                    tracing::info!(
+                        caller,
+                        company_id,
+                        count = list.count,
+                        "installed locations listed"
+                    );
+                    serde_json::to_value(&list).map_err(|e| {
+                        FunctionError(MintError::Internal(format!("response serialisation: {e}")))
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(caller, company_id, error = e.error_type(), message = %e, "listing failed");
+                    Err(FunctionError(e))
+                }
             }
-            Err(e) => {
-                tracing::warn!(caller, company_id, error = e.error_type(), message = %e, "listing failed");
-                Err(FunctionError(e))
-            }
-        },
+        }
     }
 }

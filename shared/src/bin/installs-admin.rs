@@ -36,7 +36,9 @@ async fn main() -> ExitCode {
 }
 
 fn env_required(var: &'static str, expected: &'static str) -> Result<String, String> {
-    Env::process().required(var, expected).map_err(|e| e.to_string())
+    Env::process()
+        .required(var, expected)
+        .map_err(|e| e.to_string())
 }
 
 async fn bootstrap() -> Result<(), String> {
@@ -46,11 +48,25 @@ async fn bootstrap() -> Result<(), String> {
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     match ddb.describe_table().table_name(&table).send().await {
         Ok(_) => println!("table {table}: exists"),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
             shared::schema::create_table(&ddb, &table).await?;
-            println!("table {table}: created (pk/sk, {} on {}/{}, TTL on {})", shared::schema::DUE_INDEX, shared::schema::DUE_SHARD, shared::schema::DUE_AT, shared::schema::TTL);
+            println!(
+                "table {table}: created (pk/sk, {} on {}/{}, TTL on {})",
+                shared::schema::DUE_INDEX,
+                shared::schema::DUE_SHARD,
+                shared::schema::DUE_AT,
+                shared::schema::TTL
+            );
         }
-        Err(e) => return Err(format!("describe table {table}: {}", shared::aws::error_text(&e))),
+        Err(e) => {
+            return Err(format!(
+                "describe table {table}: {}",
+                shared::aws::error_text(&e)
+            ));
+        }
     }
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     match sm.describe_secret().secret_id(&secret_id).send().await {
@@ -58,8 +74,15 @@ async fn bootstrap() -> Result<(), String> {
             println!("secret {secret_id}: exists (left as it is)");
             return Ok(());
         }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {}
-        Err(e) => return Err(format!("describe secret {secret_id}: {}", shared::aws::error_text(&e))),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) => {}
+        Err(e) => {
+            return Err(format!(
+                "describe secret {secret_id}: {}",
+                shared::aws::error_text(&e)
+            ));
+        }
     }
     let client_id = env_required("GHL_CLIENT_ID", "the HighLevel app's client id")?;
     let client_secret = env_required("GHL_CLIENT_SECRET", "the HighLevel app's client secret")?;
@@ -86,9 +109,14 @@ async fn bootstrap() -> Result<(), String> {
 /// Ciphertext is abbreviated: the point is to show it is ciphertext.
 fn render(v: &AttributeValue) -> serde_json::Value {
     match v {
-        AttributeValue::S(s) if s.starts_with("v1:") && s.len() > 24 => format!("{}… (encrypted)", &s[..20]).into(),
+        AttributeValue::S(s) if s.starts_with("v1:") && s.len() > 24 => {
+            format!("{}… (encrypted)", &s[..20]).into()
+        }
         AttributeValue::S(s) => s.clone().into(),
-        AttributeValue::N(n) => n.parse::<i64>().map(Into::into).unwrap_or_else(|_| n.clone().into()),
+        AttributeValue::N(n) => n
+            .parse::<i64>()
+            .map(Into::into)
+            .unwrap_or_else(|_| n.clone().into()),
         AttributeValue::Bool(b) => (*b).into(),
         AttributeValue::L(l) => l.iter().map(render).collect::<Vec<_>>().into(),
         other => format!("{other:?}").into(),
@@ -113,7 +141,10 @@ async fn list() -> Result<(), String> {
         for item in out.items() {
             let mut obj: Vec<_> = item.iter().collect();
             obj.sort_by(|a, b| a.0.cmp(b.0));
-            let map: serde_json::Map<_, _> = obj.into_iter().map(|(k, v)| (k.clone(), render(v))).collect();
+            let map: serde_json::Map<_, _> = obj
+                .into_iter()
+                .map(|(k, v)| (k.clone(), render(v)))
+                .collect();
             println!("{}", serde_json::to_string_pretty(&map).unwrap_or_default());
         }
         start = out.last_evaluated_key;

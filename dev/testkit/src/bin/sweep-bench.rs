@@ -35,7 +35,10 @@ fn cpu_and_peak_rss(pid: u32) -> (f64, f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let (installs, concurrency, latency_ms) = match args[..] {
         [a, b, c] => (a as usize, b, c),
         _ => {
@@ -46,7 +49,10 @@ async fn main() {
     let stack = Stack::new().await;
     let t = Instant::now();
     stack.seed_many("bench", installs, 60).await;
-    eprintln!("seeded {installs} due installs in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "seeded {installs} due installs in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     stack.sim.set_faults(Faults {
         latency_ms,
         ..Default::default()
@@ -54,12 +60,19 @@ async fn main() {
     let c = concurrency.to_string();
     let f = stack.spawn(
         "refresh-sweep",
-        &[("SWEEP_CONCURRENCY", c.as_str()), ("RUST_LOG", "warn"), ("LEASE_SECS", "60")],
+        &[
+            ("SWEEP_CONCURRENCY", c.as_str()),
+            ("RUST_LOG", "warn"),
+            ("LEASE_SECS", "60"),
+        ],
     );
     let started = Instant::now();
     let summary = stack
         .api
-        .invoke_with(scheduled_event(), InvokeOptions::with_deadline(Duration::from_secs(900)))
+        .invoke_with(
+            scheduled_event(),
+            InvokeOptions::with_deadline(Duration::from_secs(900)),
+        )
         .await
         .expect("sweep answered");
     let secs = started.elapsed().as_secs_f64();
