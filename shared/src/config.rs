@@ -23,8 +23,10 @@ pub enum ConfigError {
 
 /// Reads variables through a lookup function so tests need not touch the
 /// process environment.
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 pub struct Env<'a> {
-    lookup: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    lookup: Lookup<'a>,
 }
 
 impl Env<'static> {

@@ -17,7 +17,7 @@
 use crate::app_secret::AppSecret;
 use crate::ghl::{GhlClient, GhlError, ReconnectTarget};
 use crate::model::{InstallId, InstallState, TokenGrant, TokenPair, now_millis, now_secs};
-use crate::store::{Install, LeaseOutcome, LeaseWhen, Store, StoreError};
+use crate::store::{Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreError};
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -449,16 +449,15 @@ impl Refresher<'_> {
         failures: u32,
     ) -> Result<(), RefreshError> {
         let lease_end = install.lease_until_ms.unwrap_or(now_millis());
+        let change = StateChange {
+            state,
+            reason,
+            due_at,
+            failures,
+        };
         let ok = retry_until(lease_end, || {
-            self.store.record_state(
-                &install.id,
-                self.owner,
-                install.version,
-                state,
-                reason,
-                due_at,
-                failures,
-            )
+            self.store
+                .record_state(&install.id, self.owner, install.version, &change)
         })
         .await?;
         if !ok {

@@ -133,6 +133,16 @@ pub enum LeaseWhen {
     Always,
 }
 
+/// What a refresh attempt that did not commit new tokens leaves behind.
+#[derive(Debug, Clone, Copy)]
+pub struct StateChange<'a> {
+    pub state: InstallState,
+    pub reason: &'a str,
+    /// When to try again; None takes the install out of the due index.
+    pub due_at: Option<i64>,
+    pub failures: u32,
+}
+
 #[derive(Debug)]
 pub enum LeaseOutcome {
     /// Taken. `abandoned` is true when the previous holder's lease ran out
@@ -833,11 +843,14 @@ impl Store {
         id: &InstallId,
         owner: &str,
         version: u64,
-        state: InstallState,
-        reason: &str,
-        due_at: Option<i64>,
-        failures: u32,
+        change: &StateChange<'_>,
     ) -> Result<bool, StoreError> {
+        let StateChange {
+            state,
+            reason,
+            due_at,
+            failures,
+        } = *change;
         let now = now_secs();
         let mut u = Update::default();
         self.set_state(&mut u, state, reason, now);

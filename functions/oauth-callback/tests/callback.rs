@@ -150,7 +150,9 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let stack = Stack::new().await;
     let f = start(&stack, &[]).await;
     let long = "a".repeat(600);
-    let cases: Vec<(&str, Vec<(&str, &str)>, u64, &str)> = vec![
+    // (method, query, expected status, expected message)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u64, &'a str);
+    let cases: Vec<Case> = vec![
         ("GET", vec![], 400, "no authorization code"),
         ("GET", vec![("code", "")], 400, "no authorization code"),
         ("GET", vec![("code", &long)], 400, "600 characters long"),

@@ -81,7 +81,7 @@ async fn each_source_in_order_and_never_a_refresh_token() {
     let i = stack.store().get(&own).await.unwrap().unwrap();
     assert_eq!(i.refresh_count, 1, "refreshed under the lease protocol");
     assert_eq!(r["accessToken"].as_str().unwrap(), i.access_token.expose());
-    assert!(stack.sim.counters().location_mints.get("loc-2").is_none());
+    assert!(!stack.sim.counters().location_mints.contains_key("loc-2"));
 
     // Audit lines carry a fingerprint, never the token.
     let logs = f.logs();
