@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod ghl;
 pub mod html;
+pub mod iam;
 pub mod install;
 pub mod metrics;
 pub mod mint;

@@ -58,6 +58,15 @@ pub fn count(metric: &str, value: u64) {
     emit(&function_name(), &[], &[(metric, value as f64, "Count")]);
 }
 
+/// A counter split by one more dimension, e.g. mints by source.
+pub fn count_by(metric: &str, dimension: (&str, &str), value: u64) {
+    emit(
+        &function_name(),
+        &[dimension],
+        &[(metric, value as f64, "Count")],
+    );
+}
+
 /// A gauge in seconds, e.g. the age of the oldest due install.
 pub fn seconds(metric: &str, value: f64) {
     emit(&function_name(), &[], &[(metric, value, "Seconds")]);

@@ -11,6 +11,8 @@ pub enum InitError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("no IAM policy is listed for function {0} in shared::iam")]
+    UnknownFunction(&'static str),
     #[error("HighLevel client: {0}")]
     Ghl(#[from] GhlError),
 }
@@ -25,7 +27,10 @@ pub struct Services {
 }
 
 impl Services {
-    pub async fn load(common: &CommonConfig) -> Result<Self, InitError> {
+    /// `function` is the binary name: the store is limited to what its IAM
+    /// policy in `shared::iam` grants.
+    pub async fn load(function: &'static str, common: &CommonConfig) -> Result<Self, InitError> {
+        let policy = crate::iam::policy(function).ok_or(InitError::UnknownFunction(function))?;
         let sdk = crate::aws::sdk_config().await;
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
         let app = AppSecret::load(&secrets, &common.app_secret_id).await?;
@@ -35,7 +40,8 @@ impl Services {
             &common.installs_table,
             app.keyring.clone(),
             common.due.clone(),
-        );
+        )
+        .restricted_to(policy);
         let ghl = GhlClient::new(&common.ghl)?;
         Ok(Self { store, ghl, app })
     }

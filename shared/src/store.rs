@@ -7,6 +7,7 @@
 
 use crate::config::DuePolicy;
 use crate::crypto::{CryptoError, Keyring};
+use crate::iam::FunctionPolicy;
 use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_millis, now_secs};
 use crate::redact::SecretString;
 use crate::schema::{DUE_AT, DUE_INDEX, DUE_SHARD, PK, SK, TTL};
@@ -71,6 +72,16 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("item {key} could not be decrypted: {source}")]
     Crypto { key: String, source: CryptoError },
+    /// A call the function's IAM policy does not grant: a code change added
+    /// it without adding it to `shared::iam::POLICIES` and the template.
+    #[error(
+        "{function} is not granted {action} on {on} (shared::iam::POLICIES, infra/template.yaml)"
+    )]
+    NotPermitted {
+        function: &'static str,
+        action: &'static str,
+        on: &'static str,
+    },
 }
 
 fn dynamo<E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error>(
@@ -174,6 +185,10 @@ pub struct Store {
     table: String,
     keyring: Keyring,
     due: DuePolicy,
+    /// The IAM grants of the function using this store. Every call checks
+    /// them first, so a call the deployed role would refuse fails in the
+    /// integration tests too. None for the operator's admin tool.
+    policy: Option<&'static FunctionPolicy>,
 }
 
 /// Builds update expressions with placeholders, so attribute names never
@@ -304,7 +319,38 @@ impl Store {
             table: table.into(),
             keyring,
             due,
+            policy: None,
         }
+    }
+
+    /// Limits this store to the DynamoDB actions `policy` grants.
+    pub fn restricted_to(mut self, policy: &'static FunctionPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    fn permit(
+        &self,
+        action: &'static str,
+        granted: fn(&FunctionPolicy) -> &[&str],
+        on: &'static str,
+    ) -> Result<&Client, StoreError> {
+        match self.policy {
+            Some(p) if !granted(p).contains(&action) => Err(StoreError::NotPermitted {
+                function: p.function,
+                action,
+                on,
+            }),
+            _ => Ok(&self.ddb),
+        }
+    }
+
+    fn table_op(&self, action: &'static str) -> Result<&Client, StoreError> {
+        self.permit(action, |p| p.dynamodb, "the installs table")
+    }
+
+    fn index_op(&self, action: &'static str) -> Result<&Client, StoreError> {
+        self.permit(action, |p| p.dynamodb_index, "the due index")
     }
 
     pub fn table(&self) -> &str {
@@ -396,8 +442,12 @@ impl Store {
         pk: &str,
         sk: &str,
         u: Update,
-    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
-        self.ddb
+    ) -> Result<
+        aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+        StoreError,
+    > {
+        Ok(self
+            .table_op("dynamodb:UpdateItem")?
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(pk, sk)))
@@ -407,7 +457,7 @@ impl Store {
                 None
             } else {
                 Some(u.values)
-            })
+            }))
     }
 
     /// Stores a fresh grant from a code exchange or a mint. A reinstall
@@ -434,7 +484,7 @@ impl Store {
         u.increment(attr::INSTALL_COUNT);
         u.increment(attr::VERSION);
         let out = self
-            .update(&id.key(), GRANT_SK, u)
+            .update(&id.key(), GRANT_SK, u)?
             .return_values(ReturnValue::AllNew)
             .send()
             .await
@@ -445,7 +495,7 @@ impl Store {
     /// A strongly consistent read of one install.
     pub async fn get(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
         let out = self
-            .ddb
+            .table_op("dynamodb:GetItem")?
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&id.key(), GRANT_SK)))
@@ -520,7 +570,7 @@ impl Store {
         item.insert(attr::CLAIMED_AT.into(), num(now_ms));
         item.insert(TTL.into(), num(now_ms / 1000 + CODE_TTL_SECS));
         let res = self
-            .ddb
+            .table_op("dynamodb:PutItem")?
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -545,7 +595,7 @@ impl Store {
 
     pub async fn get_code(&self, hash: &str) -> Result<Option<CodeRecord>, StoreError> {
         let out = self
-            .ddb
+            .table_op("dynamodb:GetItem")?
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&format!("code#{hash}"), CODE_SK)))
@@ -565,7 +615,7 @@ impl Store {
                 u.set(attr::INSTALL_KEY, s(install.key()));
             }
         }
-        self.update(&format!("code#{hash}"), CODE_SK, u)
+        self.update(&format!("code#{hash}"), CODE_SK, u)?
             .send()
             .await
             .map_err(dynamo("UpdateItem(finish code)"))?;
@@ -574,7 +624,7 @@ impl Store {
 
     /// Gives a claim back when the exchange failed in a way a retry can fix.
     pub async fn release_code(&self, hash: &str) -> Result<(), StoreError> {
-        self.ddb
+        self.table_op("dynamodb:DeleteItem")?
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&format!("code#{hash}"), CODE_SK)))
@@ -632,7 +682,7 @@ impl Store {
             LeaseWhen::Always => {}
         }
         let res = self
-            .update(&id.key(), GRANT_SK, u)
+            .update(&id.key(), GRANT_SK, u)?
             .condition_expression(cond)
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -682,7 +732,7 @@ impl Store {
             .remove(attr::LEASE_INTENT);
         let (n, v) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let res = self
-            .update(&id.key(), GRANT_SK, u)
+            .update(&id.key(), GRANT_SK, u)?
             .condition_expression(format!("{n} = {v}"))
             .send()
             .await;
@@ -722,7 +772,7 @@ impl Store {
         item.insert(attr::OWNER.into(), s(owner));
         item.insert(attr::WRITTEN_AT.into(), num(now));
         item.insert(TTL.into(), num(now + JOURNAL_TTL_SECS));
-        self.ddb
+        self.table_op("dynamodb:PutItem")?
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -741,7 +791,7 @@ impl Store {
     ) -> Result<Option<JournalEntry>, StoreError> {
         let key = id.key();
         let out = self
-            .ddb
+            .table_op("dynamodb:Query")?
             .query()
             .table_name(&self.table)
             .key_condition_expression("#pk = :pk AND #sk BETWEEN :lo AND :hi")
@@ -824,7 +874,7 @@ impl Store {
             .remove(attr::LEASE_INTENT);
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(from as i64)));
         let res = self
-            .update(&id.key(), GRANT_SK, u)
+            .update(&id.key(), GRANT_SK, u)?
             .condition_expression(format!("{vn} = {vv}"))
             .send()
             .await;
@@ -867,7 +917,7 @@ impl Store {
         let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(version as i64)));
         let res = self
-            .update(&id.key(), GRANT_SK, u)
+            .update(&id.key(), GRANT_SK, u)?
             .condition_expression(format!("{on} = {ov} AND {vn} = {vv}"))
             .send()
             .await;
@@ -897,7 +947,7 @@ impl Store {
         let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let (vn, vv) = (u.name(attr::VERSION), u.value(num(install.version as i64)));
         let res = self
-            .update(&install.id.key(), GRANT_SK, u)
+            .update(&install.id.key(), GRANT_SK, u)?
             .condition_expression(format!("{on} = {ov} AND {vn} = {vv}"))
             .send()
             .await;
@@ -927,7 +977,7 @@ impl Store {
         );
         item.insert(TTL.into(), num(now_ms / 1000 + ttl.as_secs() as i64 + 3600));
         let res = self
-            .ddb
+            .table_op("dynamodb:PutItem")?
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -946,7 +996,7 @@ impl Store {
 
     pub async fn unlock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
         let res = self
-            .ddb
+            .table_op("dynamodb:DeleteItem")?
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&format!("lock#{name}"), "lock")))
@@ -969,7 +1019,7 @@ impl Store {
         start: Option<Item>,
     ) -> Result<DuePage, StoreError> {
         let out = self
-            .ddb
+            .index_op("dynamodb:Query")?
             .query()
             .table_name(&self.table)
             .index_name(DUE_INDEX)
@@ -1005,7 +1055,7 @@ impl Store {
         start: Option<Item>,
     ) -> Result<(Vec<InstallId>, Option<Item>), StoreError> {
         let out = self
-            .ddb
+            .table_op("dynamodb:Scan")?
             .scan()
             .table_name(&self.table)
             .filter_expression("#sk = :grant")
@@ -1090,5 +1140,74 @@ mod tests {
         let h = code_hash(&SecretString::new("abc"));
         assert_eq!(h.len(), 64);
         assert!(h.starts_with("ba7816bf"));
+    }
+
+    fn offline_store() -> Store {
+        // Points at a closed port: a call that got past the policy check
+        // would fail with a DynamoDB error, not NotPermitted.
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::for_tests())
+            .build();
+        let keys = std::collections::BTreeMap::from([(
+            "k1".to_owned(),
+            SecretString::new("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        )]);
+        Store::new(
+            Client::from_conf(conf),
+            "t",
+            Keyring::from_base64("k1", &keys).unwrap(),
+            DuePolicy {
+                refresh_ahead: Duration::from_secs(60),
+                jitter: Duration::ZERO,
+                shards: 1,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_call_the_functions_policy_does_not_grant_is_refused_before_it_is_sent() {
+        static NO_DELETE: FunctionPolicy = FunctionPolicy {
+            function: "test-fn",
+            dynamodb: &["dynamodb:PutItem", "dynamodb:UpdateItem"],
+            dynamodb_index: &[],
+            secretsmanager: &[],
+        };
+        let store = offline_store().restricted_to(&NO_DELETE);
+        let err = store.release_code("abc").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotPermitted {
+                    action: "dynamodb:DeleteItem",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("test-fn is not granted dynamodb:DeleteItem")
+        );
+        let err = store.due_page(0, 0, 10, None).await.err().expect("refused");
+        assert!(
+            matches!(
+                err,
+                StoreError::NotPermitted {
+                    on: "the due index",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A granted action goes through to DynamoDB (and fails there).
+        let err = offline_store()
+            .restricted_to(&NO_DELETE)
+            .claim_code("abc")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Dynamo { .. }), "{err}");
     }
 }

@@ -28,7 +28,7 @@ async fn main() -> Result<(), Error> {
             return Err(e.into());
         }
     };
-    let svc = match Services::load(&cfg.common).await {
+    let svc = match Services::load(env!("CARGO_PKG_NAME"), &cfg.common).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cold start failed");

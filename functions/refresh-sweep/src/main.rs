@@ -35,7 +35,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     shared::metrics::enable();
     let cfg = SweepConfig::from_env(&Env::process())
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let svc = Services::load(&cfg.common)
+    let svc = Services::load(env!("CARGO_PKG_NAME"), &cfg.common)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let (cfg, svc) = (Arc::new(cfg), Arc::new(svc));

@@ -36,6 +36,11 @@ async fn due_installs_are_refreshed_in_due_order_and_the_rest_left_alone() {
     }
     let fresh = InstallId::Company("fresh".into());
     let before_fresh = stack.seed_install(&fresh, "fresh", 86_399).await;
+    let mut due_before = Vec::new();
+    for id in &due {
+        let i = stack.store().get(id).await.unwrap().unwrap();
+        due_before.push((id.clone(), i.due_at.expect("seeded installs are due")));
+    }
     let f = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "1")]);
     let summary = sweep(&stack, Duration::from_secs(60))
         .await
@@ -44,7 +49,14 @@ async fn due_installs_are_refreshed_in_due_order_and_the_rest_left_alone() {
     assert_eq!(summary["refreshed"], 5, "{summary}");
     assert_eq!(summary["complete"], true);
     let order = refreshed_order(&f.logs());
-    let expected: Vec<String> = due.iter().map(|i| i.key()).collect();
+    // Due order is expiry minus the refresh-ahead window minus per-install
+    // jitter, so the expected order comes from the stored due times.
+    let mut expected: Vec<(i64, String)> = Vec::new();
+    for (id, due_at) in &due_before {
+        expected.push((*due_at, id.key()));
+    }
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, k)| k).collect();
     assert_eq!(order, expected, "refreshed in due order");
     for id in &due {
         let i = stack.store().get(id).await.unwrap().unwrap();

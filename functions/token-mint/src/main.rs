@@ -33,7 +33,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     shared::metrics::enable();
     let cfg = MintConfig::from_env(&Env::process())
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let svc = Services::load(&cfg.common)
+    let svc = Services::load(env!("CARGO_PKG_NAME"), &cfg.common)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let app = Arc::new(App { cfg, svc });
@@ -80,13 +80,14 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionE
                     expires_at = %resp.expires_at,
                     "location token served"
                 );
-                shared::metrics::count("MintServed", 1);
+                shared::metrics::count_by("MintServed", ("Source", resp.source), 1);
                 serde_json::to_value(&resp).map_err(|e| {
                     FunctionError(MintError::Internal(format!("response serialisation: {e}")))
                 })
             }
             Err(e) => {
                 tracing::warn!(caller, location_id = %req.location_id, error = e.error_type(), message = %e, "mint failed");
+                shared::metrics::count_by("MintErrors", ("ErrorType", e.error_type()), 1);
                 Err(FunctionError(e))
             }
         },

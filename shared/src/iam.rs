@@ -1,0 +1,71 @@
+//! The AWS API actions each function's code calls: the one list the IAM
+//! policies in `infra/template.yaml` must grant, no more and no less.
+//!
+//! A new SDK call (a new DynamoDB or Secrets Manager operation, or an
+//! existing one reached from another function) must be added here in the
+//! same change; `shared/tests/infra_template.rs` then fails until the
+//! template grants exactly this list, so a deploy never meets an
+//! `AccessDenied` the tests could have caught, and no grant outlives the
+//! call that needed it.
+
+/// The actions one function (named by its binary) is allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct FunctionPolicy {
+    /// The binary name, as in `functions/<name>` and the template's
+    /// `BuildProperties: Binary`.
+    pub function: &'static str,
+    /// DynamoDB actions on the installs table itself.
+    pub dynamodb: &'static [&'static str],
+    /// DynamoDB actions on the due index (`<table arn>/index/due-index`).
+    pub dynamodb_index: &'static [&'static str],
+    /// Secrets Manager actions on the app secret.
+    pub secretsmanager: &'static [&'static str],
+}
+
+pub const POLICIES: &[FunctionPolicy] = &[
+    FunctionPolicy {
+        function: "oauth-callback",
+        // Code claims: PutItem to claim, UpdateItem to finish, DeleteItem to
+        // release after a failed exchange, GetItem to answer a replay.
+        dynamodb: &[
+            "dynamodb:PutItem",
+            "dynamodb:GetItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        ],
+        dynamodb_index: &[],
+        secretsmanager: &["secretsmanager:GetSecretValue"],
+    },
+    FunctionPolicy {
+        function: "refresh-sweep",
+        // Query on the table reads the refresh journal; on the index it
+        // finds the installs that are due.
+        dynamodb: &[
+            "dynamodb:Query",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+        ],
+        dynamodb_index: &["dynamodb:Query"],
+        secretsmanager: &["secretsmanager:GetSecretValue"],
+    },
+    FunctionPolicy {
+        function: "token-mint",
+        // DeleteItem releases the single-flight mint lock (`Store::unlock`);
+        // without it every company-token mint fails after minting.
+        dynamodb: &[
+            "dynamodb:Query",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        ],
+        dynamodb_index: &[],
+        secretsmanager: &["secretsmanager:GetSecretValue"],
+    },
+];
+
+/// The policy of one function, by binary name.
+pub fn policy(function: &str) -> Option<&'static FunctionPolicy> {
+    POLICIES.iter().find(|p| p.function == function)
+}
