@@ -46,7 +46,8 @@ trap cleanup EXIT INT TERM
 start_moto() {
   ensure_pip moto_server 'moto[server]'
   local port=${1:-$(free_port)}
-  moto_server -H 127.0.0.1 -p "$port" >"$STATE_DIR/moto.log" 2>&1 &
+  # Our wrapper, not `moto_server`: see dev/moto_server.py (conditional writes must be atomic).
+  python3 "$ROOT/dev/moto_server.py" "$port" >"$STATE_DIR/moto.log" 2>&1 &
   PIDS+=($!)
   export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
   wait_http "$AWS_ENDPOINT_URL/moto-api/" 60

@@ -16,6 +16,7 @@ pub mod mint;
 pub mod model;
 pub mod redact;
 pub mod refresh;
+pub mod rekey;
 pub mod schema;
 pub mod services;
 pub mod store;

@@ -31,6 +31,14 @@ impl Services {
     /// policy in `shared::iam` grants.
     pub async fn load(function: &'static str, common: &CommonConfig) -> Result<Self, InitError> {
         let policy = crate::iam::policy(function).ok_or(InitError::UnknownFunction(function))?;
+        let mut svc = Self::load_admin(common).await?;
+        svc.store = svc.store.restricted_to(policy);
+        Ok(svc)
+    }
+
+    /// The same, unrestricted: for the operator's admin tool, which runs
+    /// with the operator's own credentials.
+    pub async fn load_admin(common: &CommonConfig) -> Result<Self, InitError> {
         let sdk = crate::aws::sdk_config().await;
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
         let app = AppSecret::load(&secrets, &common.app_secret_id).await?;
@@ -40,8 +48,7 @@ impl Services {
             &common.installs_table,
             app.keyring.clone(),
             common.due.clone(),
-        )
-        .restricted_to(policy);
+        );
         let ghl = GhlClient::new(&common.ghl)?;
         Ok(Self { store, ghl, app })
     }

@@ -116,6 +116,9 @@ pub struct Install {
     pub install_count: u64,
     pub refresh_count: u64,
     pub updated_at: i64,
+    /// True when either token is sealed under a data key other than the
+    /// current one (key rotation re-seals these).
+    pub stale_key: bool,
 }
 
 /// A journal entry: a rotated pair made durable before it is committed.
@@ -522,6 +525,10 @@ impl Store {
                     source,
                 })
         };
+        let current = self.keyring.current_key_id();
+        let stale_key = [attr::ACCESS_TOKEN, attr::REFRESH_TOKEN]
+            .iter()
+            .any(|f| get_s(&item, f).and_then(Keyring::key_id_of) != Some(current));
         let state_text = get_s(&item, attr::STATE).unwrap_or("active");
         let state = InstallState::parse(state_text).ok_or_else(|| corrupt("unknown state"))?;
         Ok(Install {
@@ -554,6 +561,7 @@ impl Store {
             install_count: get_n(&item, attr::INSTALL_COUNT).unwrap_or(0) as u64,
             refresh_count: get_n(&item, attr::REFRESH_COUNT).unwrap_or(0) as u64,
             updated_at: get_n(&item, attr::UPDATED_AT).unwrap_or(0),
+            stale_key,
             id,
         })
     }
@@ -679,7 +687,17 @@ impl Store {
                 );
                 cond.push_str(&format!(" AND {n} < {v} AND {st} IN ({a}, {r}, {sp})"));
             }
-            LeaseWhen::Always => {}
+            LeaseWhen::Always => {
+                // Never over a refresh holder's expired lease: it may have
+                // presented the refresh token, and only the refresh path
+                // (journal or in_doubt) may clear that.
+                let (o, i, m) = (
+                    u.name(attr::LEASE_OWNER),
+                    u.name(attr::LEASE_INTENT),
+                    u.value(s("maintain")),
+                );
+                cond.push_str(&format!(" AND (attribute_not_exists({o}) OR {i} = {m})"));
+            }
         }
         let res = self
             .update(&id.key(), GRANT_SK, u)?

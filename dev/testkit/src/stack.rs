@@ -263,6 +263,41 @@ impl Stack {
             .expect("make due");
     }
 
+    /// Rotates the data key as an operator would: a new key `id` joins the
+    /// app secret and becomes current, the old ones stay for reading.
+    /// Function processes spawned afterwards load it at cold start; the
+    /// stack's own store uses it at once.
+    pub async fn rotate_data_key(&mut self, id: &str) -> SecretString {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let key_b64 = SecretString::new(base64::engine::general_purpose::STANDARD.encode(key));
+        let sm = aws_sdk_secretsmanager::Client::new(&shared::aws::sdk_config().await);
+        let current = sm
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .expect("secret readable");
+        let mut doc: Value = serde_json::from_str(current.secret_string().expect("string secret"))
+            .expect("JSON secret");
+        doc["data_keys"][id] = key_b64.expose().into();
+        doc["current_data_key"] = id.into();
+        sm.put_secret_value()
+            .secret_id(&self.secret_id)
+            .secret_string(doc.to_string())
+            .send()
+            .await
+            .expect("secret updated");
+        self.app = AppSecret::parse(&doc.to_string()).expect("rotated secret parses");
+        self.svc.store = Store::new(
+            self.ddb.clone(),
+            &self.table,
+            self.app.keyring.clone(),
+            self.store().due_policy().clone(),
+        );
+        key_b64
+    }
+
     pub fn store(&self) -> &Store {
         &self.svc.store
     }

@@ -2,6 +2,7 @@
 //!
 //!   installs-admin bootstrap   create the table and the app secret where AWS_ENDPOINT_URL (or the account) points
 //!   installs-admin list        print every install as stored: readable metadata, tokens shown only as ciphertext
+//!   installs-admin rekey       re-seal every install's tokens under the app secret's current data key
 //!
 //! Table and secret come from INSTALLS_TABLE and GHL_APP_SECRET_ID; the
 //! bootstrap secret's client id/secret from GHL_CLIENT_ID, GHL_CLIENT_SECRET
@@ -13,9 +14,10 @@ use rand::RngCore;
 use shared::config::Env;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: installs-admin <bootstrap|list>\n\
+const USAGE: &str = "usage: installs-admin <bootstrap|list|rekey>\n\
   bootstrap  create the installs table (with its due index and TTL) and the app secret, if missing\n\
   list       print every install item, ciphertext abbreviated\n\
+  rekey      re-seal every install under the current data key (safe while the functions run; resumable)\n\
 environment: INSTALLS_TABLE, GHL_APP_SECRET_ID, and for bootstrap GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_APP_ID";
 
 #[tokio::main]
@@ -24,6 +26,7 @@ async fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("bootstrap") => bootstrap().await,
         Some("list") => list().await,
+        Some("rekey") => rekey().await,
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -153,4 +156,47 @@ async fn list() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Exit status 2 when some installs were left under an old key (busy the
+/// whole time): run it again.
+async fn rekey() -> Result<(), String> {
+    let cfg = shared::config::CommonConfig::from_env(&Env::process()).map_err(|e| e.to_string())?;
+    let svc = shared::services::Services::load_admin(&cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let owner = format!("installs-admin-rekey-{}", std::process::id());
+    eprintln!(
+        "re-sealing every install in {} under data key {}",
+        cfg.installs_table,
+        svc.store.keyring().current_key_id()
+    );
+    let summary = shared::rekey::Rekeyer {
+        store: &svc.store,
+        owner: &owner,
+        lease: std::time::Duration::from_secs(10),
+        attempts: 10,
+        max_wait: std::time::Duration::from_secs(5),
+    }
+    .run(|s| {
+        eprintln!(
+            "  examined {} resealed {} already current {} left {}",
+            s.examined,
+            s.resealed,
+            s.already_current,
+            s.left.len()
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    if summary.complete() {
+        Ok(())
+    } else {
+        eprintln!(
+            "installs-admin: {} installs still under an old key; run rekey again",
+            summary.left.len()
+        );
+        std::process::exit(2)
+    }
 }

@@ -1,0 +1,44 @@
+"""moto's server with DynamoDB's atomicity: one request at a time.
+
+DynamoDB evaluates a condition expression and applies the write as one
+atomic step per item. moto's threaded server does not: two concurrent
+conditional writes to one item can both pass their condition (seen here
+about once in a hundred races of twelve writers). The lease and version
+fencing this project relies on are exactly such writes, so the tests run
+against this wrapper, which serialises requests (connections stay
+concurrent and keep-alive). Python's GIL already kept moto to one core,
+so little throughput is lost.
+
+    python3 dev/moto_server.py <port>
+"""
+
+import sys
+import threading
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    create_backend_app,
+)
+from werkzeug.serving import run_simple
+
+
+class Serialised:
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            # Build the whole response under the lock: moto may produce the
+            # body lazily.
+            return list(self.app(environ, start_response))
+
+
+def main():
+    port = int(sys.argv[1])
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple("127.0.0.1", port, Serialised(app), threaded=True)
+
+
+if __name__ == "__main__":
+    main()
