@@ -910,3 +910,33 @@ pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
         .map(|o| o.expect("every future completed"))
         .collect()
 }
+
+/// CPU seconds (user + system) and peak RSS in MiB (VmHWM) of a live
+/// process, from /proc: what the benchmarks report.
+pub fn cpu_and_peak_rss(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let cpu = fields
+        .get(11)
+        .zip(fields.get(12))
+        .map(|(u, s)| (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / ticks)
+        .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, hwm_kib / 1024.0)
+}
+
+/// The p-th percentile (0..=100) of durations, in milliseconds.
+pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Benchmarks: print figures, assert nothing about speed.
+#
+#   dev/bench.sh                 sweep at 10,000 and 100,000 installs, then token-mint
+#   dev/bench.sh sweep|mint      one of them
+#
+# Sweep: refresh-sweep (release build, the binary that ships) over N due
+# installs with 200 ms of injected HighLevel latency; prints refreshes/s, the
+# ratio to the limit (concurrency / latency), CPU seconds and peak RSS of the
+# sweep process. Knobs: BENCH_INSTALLS (default "10000 100000"),
+# BENCH_CONCURRENCY (default 16: moto, one Python core, must not be the
+# bottleneck; see README), BENCH_LATENCY_MS (200).
+# Mint: cache-hit latency and CPU per mint against one DynamoDB read, and
+# cold start. Knobs: BENCH_MINTS (1000), BENCH_COLD_STARTS (10).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+what=${1:-all}
+start_moto
+log "building release binaries (the deploy profile)"
+cargo build --release --locked -p refresh-sweep -p token-mint -p testkit --bins
+
+if [[ $what == all || $what == sweep ]]; then
+  for n in ${BENCH_INSTALLS:-10000 100000}; do
+    log "sweep benchmark: $n installs"
+    target/release/sweep-bench "$n" "${BENCH_CONCURRENCY:-16}" "${BENCH_LATENCY_MS:-200}"
+  done
+fi
+if [[ $what == all || $what == mint ]]; then
+  log "token-mint benchmark"
+  target/release/mint-bench "${BENCH_MINTS:-1000}" "${BENCH_COLD_STARTS:-10}"
+fi
