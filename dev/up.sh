@@ -37,7 +37,7 @@ export GHL_API_BASE_URL="http://127.0.0.1:$SIM_PORT"
 export GHL_REDIRECT_URI="$CALLBACK"
 export RUST_LOG=info
 log "functions under cargo lambda watch on 127.0.0.1:$LAMBDA_PORT"
-cargo lambda watch -A 127.0.0.1 -P "$LAMBDA_PORT" >"$STATE_DIR/lambda.log" 2>&1 &
+cargo lambda watch -A 127.0.0.1 -P "$LAMBDA_PORT" --timeout 900 >"$STATE_DIR/lambda.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$LAMBDA_PORT/" 300
 
@@ -50,14 +50,14 @@ echo "   redirected to: ${REDIRECT%%\?*}?code=<redacted>"
 log "2. oauth-callback exchanges the code and stores the install"
 PAGE=$(curl -s -w '\n%{http_code}' "$REDIRECT")
 STATUS=$(tail -n1 <<<"$PAGE")
-echo "   HTTP $STATUS: $(sed '$d' <<<"$PAGE" | sed -e 's/<[^>]*>/ /g' | tr -s ' ' | grep -o 'App [a-z]*installed.*HighLevel\.' || true)"
+echo "   HTTP $STATUS: $(sed '$d' <<<"$PAGE" | python3 -c 'import re,sys,html; b=re.sub(r"(?s)<(style|head)>.*?</\1>","",sys.stdin.read()); print(" ".join(html.unescape(re.sub(r"<[^>]+>"," ",b)).split()))')"
 [ "$STATUS" = 200 ] || { echo "error: the callback answered $STATUS; see $STATE_DIR/lambda.log" >&2; exit 1; }
 
 log "3. the install in DynamoDB (tokens encrypted, metadata readable)"
 target/debug/installs-admin list
 
 log "4. refresh-sweep invoked once (nothing is due yet: a fresh token has ~24 h left)"
-cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" refresh-sweep --data-file events/refresh-sweep/scheduled.json || true
+cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" refresh-sweep --data-file events/refresh-sweep/scheduled.json
 echo
 
 if $ONCE; then

@@ -48,14 +48,29 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// Assumed remaining time when an invocation carries no deadline (local only).
+const NO_DEADLINE_MS: i64 = 120_000;
+
 async fn sweep(
     cfg: &SweepConfig,
     svc: Arc<Services>,
     event: LambdaEvent<EventBridgeEvent<serde_json::Value>>,
 ) -> Result<SweepSummary, SweepError> {
-    let remaining_ms = (event.context.deadline as i64 - shared::model::now_millis()).max(0) as u64;
+    let mut remaining_ms = event.context.deadline as i64 - shared::model::now_millis();
+    if remaining_ms <= 0 {
+        // Lambda always sends a future deadline; some local emulators
+        // (cargo lambda watch) send none. Work to a bounded default rather
+        // than stopping at once or running unbounded.
+        tracing::warn!(
+            deadline = event.context.deadline,
+            "the invocation carries no usable deadline; assuming {NO_DEADLINE_MS} ms"
+        );
+        remaining_ms = NO_DEADLINE_MS;
+    }
+    let remaining_ms = remaining_ms as u64;
     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
     let owner = format!("sweep:{}", event.context.request_id);
+    tracing::info!(remaining_ms, "sweep started");
     let summary = shared::sweep::run(svc, cfg, deadline, &owner).await;
     let text = serde_json::to_string(&summary).unwrap_or_default();
     tracing::info!(summary = %text, "sweep finished");
