@@ -1,0 +1,883 @@
+//! `infra/template.yaml` agrees with the code, without AWS:
+//!
+//! - each function's IAM statements grant exactly the actions
+//!   `shared::iam::POLICIES` lists, on exactly the table, the due index and
+//!   the app secret, and nothing else (no wildcards, no SAM policy
+//!   templates, no managed policies);
+//! - the installs table is the one `shared::schema` describes (keys, due
+//!   index, TTL attribute), so the deployed table and the local one that
+//!   `schema::create_table` makes are the same;
+//! - every environment variable a function gets is one the README's
+//!   configuration table documents for that function, and the required ones
+//!   are set.
+//!
+//! Each check returns the list of differences, so a failure says what
+//! differs; `checks_report_mismatches` proves the checks are not vacuous.
+
+use aws_sdk_dynamodb::types::{BillingMode, KeyType, ProjectionType};
+use serde_json::{Value, json};
+use shared::iam::{FunctionPolicy, POLICIES};
+use shared::schema;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+const TEMPLATE: &str = "infra/template.yaml";
+const README: &str = "README.md";
+/// The parameter through which an existing app secret may be passed instead
+/// of the template's own.
+const EXISTING_SECRET_PARAMETER: &str = "ExistingAppSecretArn";
+const SERVERLESS_FUNCTION: &str = "AWS::Serverless::Function";
+
+fn workspace_file(relative: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn load_template() -> Value {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&workspace_file(TEMPLATE))
+        .unwrap_or_else(|e| panic!("{TEMPLATE} is not valid YAML: {e}"));
+    to_json(yaml)
+}
+
+/// YAML to JSON, CloudFormation's short tags in their long form: `!Ref X`
+/// becomes `{"Ref": "X"}`, `!GetAtt A.B` becomes `{"Fn::GetAtt": "A.B"}`,
+/// `!Sub s` becomes `{"Fn::Sub": "s"}`, and so on.
+fn to_json(value: serde_yaml_ng::Value) -> Value {
+    use serde_yaml_ng::Value as Yaml;
+    match value {
+        Yaml::Null => Value::Null,
+        Yaml::Bool(b) => Value::Bool(b),
+        Yaml::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                json!(i)
+            } else if let Some(u) = n.as_u64() {
+                json!(u)
+            } else {
+                json!(n.as_f64())
+            }
+        }
+        Yaml::String(s) => Value::String(s),
+        Yaml::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Yaml::Mapping(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (key_string(k), to_json(v)))
+                .collect(),
+        ),
+        Yaml::Tagged(tagged) => {
+            let tag = tagged.tag.to_string();
+            let name = tag.trim_start_matches('!');
+            let key = match name {
+                "Ref" | "Condition" => name.to_owned(),
+                _ => format!("Fn::{name}"),
+            };
+            let mut object = serde_json::Map::new();
+            object.insert(key, to_json(tagged.value));
+            Value::Object(object)
+        }
+    }
+}
+
+fn key_string(key: serde_yaml_ng::Value) -> String {
+    match key {
+        serde_yaml_ng::Value::String(s) => s,
+        other => serde_yaml_ng::to_string(&other)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// A string, or each string of a list (IAM's `Action`, `Resource`).
+fn one_or_many(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    }
+}
+
+/// What an IAM `Resource` points at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Table,
+    DueIndex,
+    Secret,
+    Other(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Table => write!(f, "the installs table"),
+            Target::DueIndex => write!(f, "the {} index", schema::DUE_INDEX),
+            Target::Secret => write!(f, "the app secret"),
+            Target::Other(s) => write!(f, "resource {s}"),
+        }
+    }
+}
+
+/// The parsed template and the logical ids the checks refer to.
+struct Template<'a> {
+    root: &'a Value,
+    table: Option<String>,
+    secrets: BTreeSet<String>,
+}
+
+impl<'a> Template<'a> {
+    fn new(root: &'a Value) -> Self {
+        let tables = Self::ids_of_type(root, "AWS::DynamoDB::Table");
+        let table = (tables.len() == 1).then(|| tables[0].clone());
+        let secrets = Self::ids_of_type(root, "AWS::SecretsManager::Secret")
+            .into_iter()
+            .collect();
+        Self {
+            root,
+            table,
+            secrets,
+        }
+    }
+
+    fn resources(root: &Value) -> impl Iterator<Item = (&String, &Value)> {
+        root.get("Resources")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+    }
+
+    fn ids_of_type(root: &Value, kind: &str) -> Vec<String> {
+        Self::resources(root)
+            .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(kind))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Every serverless function as (logical id, resource, binary).
+    fn functions(&self) -> Vec<(&'a String, &'a Value, Option<&'a str>)> {
+        Self::resources(self.root)
+            .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(SERVERLESS_FUNCTION))
+            .map(|(id, r)| {
+                let binary = r
+                    .pointer("/Metadata/BuildProperties/Binary")
+                    .and_then(Value::as_str);
+                (id, r, binary)
+            })
+            .collect()
+    }
+
+    fn globals_function(&self) -> Option<&'a Value> {
+        self.root.pointer("/Globals/Function")
+    }
+
+    /// What a `Resource` (or an environment value) refers to.
+    fn classify(&self, value: &Value) -> Target {
+        let other = || Target::Other(value.to_string());
+        let Some(object) = value.as_object().filter(|o| o.len() == 1) else {
+            return other();
+        };
+        let table = self.table.as_deref().unwrap_or("<no table>");
+        if let Some(get_att) = object.get("Fn::GetAtt") {
+            let (id, attribute) = match get_att {
+                Value::String(s) => match s.split_once('.') {
+                    Some((id, attribute)) => (id, attribute),
+                    None => return other(),
+                },
+                Value::Array(parts) if parts.len() == 2 => {
+                    match (parts[0].as_str(), parts[1].as_str()) {
+                        (Some(id), Some(attribute)) => (id, attribute),
+                        _ => return other(),
+                    }
+                }
+                _ => return other(),
+            };
+            if id == table && attribute == "Arn" {
+                return Target::Table;
+            }
+        }
+        if let Some(sub) = object.get("Fn::Sub") {
+            let text = match sub {
+                Value::String(s) => Some(s.as_str()),
+                Value::Array(parts) if parts.len() == 1 => parts[0].as_str(),
+                _ => None,
+            };
+            if text == Some(format!("${{{table}.Arn}}/index/{}", schema::DUE_INDEX).as_str()) {
+                return Target::DueIndex;
+            }
+        }
+        if let Some(Value::String(id)) = object.get("Ref")
+            && (self.secrets.contains(id) || id == EXISTING_SECRET_PARAMETER)
+        {
+            return Target::Secret;
+        }
+        if let Some(Value::Array(branches)) = object.get("Fn::If")
+            && branches.len() == 3
+        {
+            let (a, b) = (self.classify(&branches[1]), self.classify(&branches[2]));
+            if a == b && !matches!(a, Target::Other(_)) {
+                return a;
+            }
+        }
+        other()
+    }
+}
+
+// ------------------------------------------------------------------ IAM
+
+/// Differences between the functions' IAM grants and `shared::iam::POLICIES`.
+fn policy_differences(root: &Value) -> Vec<String> {
+    let t = Template::new(root);
+    let mut diffs = Vec::new();
+    if t.table.is_none() {
+        diffs.push(format!(
+            "{TEMPLATE} must define exactly one AWS::DynamoDB::Table (the installs table)"
+        ));
+        return diffs;
+    }
+    if let Some(globals) = t.globals_function() {
+        for key in ["Policies", "Role"] {
+            if globals.get(key).is_some() {
+                diffs.push(format!(
+                    "Globals.Function sets {key}: grants must be per function, as shared::iam::POLICIES lists them"
+                ));
+            }
+        }
+    }
+    for kind in [
+        "AWS::IAM::Role",
+        "AWS::IAM::Policy",
+        "AWS::IAM::ManagedPolicy",
+        "AWS::IAM::RolePolicy",
+    ] {
+        for id in Template::ids_of_type(root, kind) {
+            diffs.push(format!(
+                "{id} ({kind}) grants outside the functions' inline Policies, which this test cannot match to shared::iam::POLICIES"
+            ));
+        }
+    }
+    let functions = t.functions();
+    for (id, _, binary) in &functions {
+        match binary {
+            None => diffs.push(format!(
+                "function {id} has no Metadata.BuildProperties.Binary naming its binary"
+            )),
+            Some(b) if shared::iam::policy(b).is_none() => diffs.push(format!(
+                "function {id} (binary {b}) has no entry in shared::iam::POLICIES: add the actions its code calls there"
+            )),
+            Some(_) => {}
+        }
+    }
+    for policy in POLICIES {
+        let matching: Vec<_> = functions
+            .iter()
+            .filter(|(_, _, b)| *b == Some(policy.function))
+            .collect();
+        match matching.as_slice() {
+            [] => diffs.push(format!(
+                "no {SERVERLESS_FUNCTION} has Metadata.BuildProperties.Binary: {} (listed in shared::iam::POLICIES)",
+                policy.function
+            )),
+            [(id, resource, _)] => diffs.extend(function_differences(&t, policy, id, resource)),
+            many => diffs.push(format!(
+                "{} functions have Binary: {} ({}); expected one",
+                many.len(),
+                policy.function,
+                many.iter()
+                    .map(|(id, _, _)| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+    diffs
+}
+
+fn function_differences(
+    t: &Template<'_>,
+    policy: &FunctionPolicy,
+    id: &str,
+    resource: &Value,
+) -> Vec<String> {
+    let who = format!("{} ({id})", policy.function);
+    let mut diffs = Vec::new();
+    let properties = resource.get("Properties").unwrap_or(&Value::Null);
+    if properties.get("Role").is_some() {
+        diffs.push(format!(
+            "{who} sets Role: its grants must come from its inline Policies statements"
+        ));
+    }
+    let mut granted: BTreeSet<(Target, String)> = BTreeSet::new();
+    let entries = properties
+        .get("Policies")
+        .map(one_or_many)
+        .unwrap_or_default();
+    for entry in entries {
+        let Some(document) = entry.as_object().filter(|d| d.contains_key("Statement")) else {
+            diffs.push(format!(
+                "{who}: Policies entry {entry} is a managed policy or a SAM policy template; use inline statements (templates grant more than shared::iam lists)"
+            ));
+            continue;
+        };
+        for key in document.keys() {
+            if key != "Statement" && key != "Version" {
+                diffs.push(format!("{who}: unexpected key {key} in a policy document"));
+            }
+        }
+        for statement in one_or_many(&document["Statement"]) {
+            if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
+                diffs.push(format!("{who}: statement {statement} is not Effect: Allow"));
+                continue;
+            }
+            for key in ["NotAction", "NotResource", "NotPrincipal"] {
+                if statement.get(key).is_some() {
+                    diffs.push(format!(
+                        "{who}: statement uses {key}, which grants by exclusion"
+                    ));
+                }
+            }
+            let actions: Vec<String> = statement
+                .get("Action")
+                .map(one_or_many)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_owned))
+                .collect();
+            let resources: Vec<Target> = statement
+                .get("Resource")
+                .map(one_or_many)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| t.classify(r))
+                .collect();
+            if actions.is_empty() || resources.is_empty() {
+                diffs.push(format!(
+                    "{who}: statement {statement} needs both Action and Resource"
+                ));
+            }
+            for action in &actions {
+                if action.contains('*') {
+                    diffs.push(format!("{who}: wildcard action {action}"));
+                }
+            }
+            for target in &resources {
+                if let Target::Other(r) = target
+                    && r.contains('*')
+                {
+                    diffs.push(format!("{who}: wildcard resource {r}"));
+                }
+                for action in &actions {
+                    granted.insert((target.clone(), action.clone()));
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<(Target, String)> = [
+        (Target::Table, policy.dynamodb),
+        (Target::DueIndex, policy.dynamodb_index),
+        (Target::Secret, policy.secretsmanager),
+    ]
+    .into_iter()
+    .flat_map(|(target, actions)| {
+        actions
+            .iter()
+            .map(move |a| (target.clone(), (*a).to_owned()))
+    })
+    .collect();
+    for (target, action) in expected.difference(&granted) {
+        diffs.push(format!(
+            "{who} is not granted {action} on {target}, which shared::iam::POLICIES lists (the code calls it)"
+        ));
+    }
+    for (target, action) in granted.difference(&expected) {
+        diffs.push(format!(
+            "{who} is granted {action} on {target}, which shared::iam::POLICIES does not list for it"
+        ));
+    }
+    diffs
+}
+
+// ---------------------------------------------------------------- table
+
+/// Differences between the installs table and `shared::schema`.
+fn table_differences(root: &Value) -> Vec<String> {
+    let t = Template::new(root);
+    let Some(id) = t.table.as_deref() else {
+        return vec![format!(
+            "{TEMPLATE} must define exactly one AWS::DynamoDB::Table (the installs table)"
+        )];
+    };
+    let p = &root["Resources"][id]["Properties"];
+    let mut diffs = Vec::new();
+    let (hash, range) = (KeyType::Hash.as_str(), KeyType::Range.as_str());
+
+    let pairs = |value: &Value, a: &str, b: &str| -> BTreeSet<(String, String)> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+                (field(a), field(b))
+            })
+            .collect()
+    };
+    let set = |items: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+    let mut compare =
+        |what: &str, actual: BTreeSet<(String, String)>, expected: BTreeSet<(String, String)>| {
+            for (name, kind) in expected.difference(&actual) {
+                diffs.push(format!(
+                    "{id} {what}: missing {name} ({kind}), which shared::schema has"
+                ));
+            }
+            for (name, kind) in actual.difference(&expected) {
+                diffs.push(format!(
+                    "{id} {what}: {name} ({kind}) is not in shared::schema"
+                ));
+            }
+        };
+
+    compare(
+        "AttributeDefinitions",
+        pairs(&p["AttributeDefinitions"], "AttributeName", "AttributeType"),
+        set(&schema::KEY_ATTRIBUTES),
+    );
+    compare(
+        "KeySchema",
+        pairs(&p["KeySchema"], "AttributeName", "KeyType"),
+        set(&[(schema::PK, hash), (schema::SK, range)]),
+    );
+
+    let indexes: Vec<&Value> = p["GlobalSecondaryIndexes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let name_of = |i: &Value| {
+        i.get("IndexName")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned()
+    };
+    for index in &indexes {
+        if name_of(index) != schema::DUE_INDEX {
+            diffs.push(format!(
+                "{id}: index {} is not in shared::schema (create_table does not make it)",
+                name_of(index)
+            ));
+        }
+    }
+    match indexes.iter().find(|i| name_of(i) == schema::DUE_INDEX) {
+        None => diffs.push(format!(
+            "{id}: no global secondary index {}",
+            schema::DUE_INDEX
+        )),
+        Some(index) => {
+            let keys = pairs(&index["KeySchema"], "AttributeName", "KeyType");
+            let expected = set(&[(schema::DUE_SHARD, hash), (schema::DUE_AT, range)]);
+            for (name, kind) in expected.difference(&keys) {
+                diffs.push(format!(
+                    "{id} index {}: missing key {name} ({kind}), which shared::schema has",
+                    schema::DUE_INDEX
+                ));
+            }
+            for (name, kind) in keys.difference(&expected) {
+                diffs.push(format!(
+                    "{id} index {}: key {name} ({kind}) is not in shared::schema",
+                    schema::DUE_INDEX
+                ));
+            }
+            let projection = index
+                .pointer("/Projection/ProjectionType")
+                .and_then(Value::as_str);
+            if projection != Some(ProjectionType::KeysOnly.as_str()) {
+                diffs.push(format!(
+                    "{id} index {}: projection {projection:?}, but schema::create_table makes it {}",
+                    schema::DUE_INDEX,
+                    ProjectionType::KeysOnly.as_str()
+                ));
+            }
+            if index.pointer("/Projection/NonKeyAttributes").is_some() {
+                diffs.push(format!(
+                    "{id} index {}: NonKeyAttributes set, but the index is keys only",
+                    schema::DUE_INDEX
+                ));
+            }
+        }
+    }
+    if p.get("LocalSecondaryIndexes").is_some() {
+        diffs.push(format!(
+            "{id}: local secondary indexes are not in shared::schema"
+        ));
+    }
+
+    let ttl = p
+        .pointer("/TimeToLiveSpecification/AttributeName")
+        .and_then(Value::as_str);
+    if ttl != Some(schema::TTL) {
+        diffs.push(format!(
+            "{id}: TTL attribute {ttl:?}, but shared::schema::TTL is {:?}",
+            schema::TTL
+        ));
+    }
+    if p.pointer("/TimeToLiveSpecification/Enabled") != Some(&Value::Bool(true)) {
+        diffs.push(format!(
+            "{id}: TimeToLiveSpecification is not Enabled: true"
+        ));
+    }
+    let billing = p.get("BillingMode").and_then(Value::as_str);
+    if billing != Some(BillingMode::PayPerRequest.as_str()) {
+        diffs.push(format!(
+            "{id}: BillingMode {billing:?}, but schema::create_table uses {}",
+            BillingMode::PayPerRequest.as_str()
+        ));
+    }
+    diffs
+}
+
+// ---------------------------------------------------------- environment
+
+/// Which functions a README configuration row applies to, and whether the
+/// variable is required.
+#[derive(Debug)]
+struct Documented {
+    functions: Option<BTreeSet<String>>,
+    required: bool,
+}
+
+impl Documented {
+    fn applies_to(&self, binary: &str) -> bool {
+        self.functions.as_ref().is_none_or(|f| f.contains(binary))
+    }
+}
+
+/// The README's `## Configuration` table: variable name to its row.
+fn documented_variables(readme: &str) -> BTreeMap<String, Documented> {
+    let mut out = BTreeMap::new();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Configuration"))
+        .unwrap_or("");
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 5 {
+            continue;
+        }
+        let functions = (cells[2] != "all").then(|| {
+            cells[2]
+                .split(',')
+                .map(|f| f.trim().trim_matches('`').to_owned())
+                .collect()
+        });
+        let required = cells[3] == "required";
+        for name in cells[1].split('`').skip(1).step_by(2) {
+            out.insert(
+                name.to_owned(),
+                Documented {
+                    functions: functions.clone(),
+                    required,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Differences between the functions' environments and the README.
+fn environment_differences(root: &Value, readme: &str) -> Vec<String> {
+    let t = Template::new(root);
+    let documented = documented_variables(readme);
+    if documented.is_empty() {
+        return vec![format!(
+            "{README} has no configuration table (a `## Configuration` section with `| \\`VAR\\` | functions | default | meaning |` rows)"
+        )];
+    }
+    let variables = |v: Option<&Value>| -> BTreeMap<String, Value> {
+        v.and_then(|v| v.pointer("/Environment/Variables"))
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    let globals = variables(t.globals_function());
+    let mut diffs = Vec::new();
+    for (id, resource, binary) in t.functions() {
+        let Some(binary) = binary else { continue };
+        let who = format!("{binary} ({id})");
+        let mut env = globals.clone();
+        env.extend(variables(resource.get("Properties")));
+        for name in env.keys() {
+            match documented.get(name) {
+                None => diffs.push(format!(
+                    "{who} sets {name}, which {README}'s configuration table does not document"
+                )),
+                Some(doc) if !doc.applies_to(binary) => diffs.push(format!(
+                    "{who} sets {name}, which {README} documents for {} only",
+                    doc.functions
+                        .iter()
+                        .flatten()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Some(_) => {}
+            }
+            if name == "AWS_ENDPOINT_URL" {
+                diffs.push(format!(
+                    "{who} sets AWS_ENDPOINT_URL, which is for local stacks only"
+                ));
+            }
+        }
+        for (name, doc) in &documented {
+            if doc.required && doc.applies_to(binary) && !env.contains_key(name) {
+                diffs.push(format!(
+                    "{who} does not set {name}, which {README} marks required"
+                ));
+            }
+        }
+        if let Some(table) = env.get("INSTALLS_TABLE")
+            && t.table
+                .as_ref()
+                .is_none_or(|id| table != &json!({"Ref": id}))
+        {
+            diffs.push(format!(
+                "{who}: INSTALLS_TABLE is {table}, not a Ref of the installs table"
+            ));
+        }
+        if let Some(secret) = env.get("GHL_APP_SECRET_ID")
+            && t.classify(secret) != Target::Secret
+        {
+            diffs.push(format!(
+                "{who}: GHL_APP_SECRET_ID is {secret}, not the app secret"
+            ));
+        }
+    }
+    diffs
+}
+
+// ---------------------------------------------------------------- tests
+
+fn assert_none(what: &str, diffs: Vec<String>) {
+    assert!(
+        diffs.is_empty(),
+        "{TEMPLATE}: {what}:\n  - {}",
+        diffs.join("\n  - ")
+    );
+}
+
+#[test]
+fn iam_grants_exactly_the_actions_the_code_calls() {
+    assert!(!POLICIES.is_empty(), "shared::iam::POLICIES is empty");
+    assert_none(
+        "IAM grants differ from shared::iam::POLICIES",
+        policy_differences(&load_template()),
+    );
+}
+
+#[test]
+fn installs_table_matches_the_schema() {
+    assert_none(
+        "the installs table differs from shared::schema",
+        table_differences(&load_template()),
+    );
+}
+
+#[test]
+fn environment_variables_are_the_documented_ones() {
+    assert_none(
+        "function environments differ from the README's configuration table",
+        environment_differences(&load_template(), &workspace_file(README)),
+    );
+}
+
+/// The logical id of the function built from `binary`.
+fn function_id(root: &Value, binary: &str) -> String {
+    Template::new(root)
+        .functions()
+        .into_iter()
+        .find(|(_, _, b)| *b == Some(binary))
+        .map(|(id, _, _)| id.clone())
+        .unwrap_or_else(|| panic!("no function with Binary: {binary} in {TEMPLATE}"))
+}
+
+/// The first inline statement of `binary` that `wanted` picks.
+fn statement_where<'a>(
+    root: &'a mut Value,
+    binary: &str,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> &'a mut Value {
+    let id = function_id(root, binary);
+    root["Resources"][&id]["Properties"]["Policies"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter_map(|doc| doc.get_mut("Statement").and_then(Value::as_array_mut))
+        .flatten()
+        .find(|s| wanted(s))
+        .unwrap_or_else(|| panic!("{binary} has no statement {what}"))
+}
+
+/// The first inline statement of `binary` whose actions include `action`.
+fn statement_with<'a>(root: &'a mut Value, binary: &str, action: &str) -> &'a mut Value {
+    statement_where(root, binary, &format!("granting {action}"), |s| {
+        one_or_many(&s["Action"])
+            .iter()
+            .any(|a| a.as_str() == Some(action))
+    })
+}
+
+fn changed(root: &Value, change: impl FnOnce(&mut Value)) -> Value {
+    let mut copy = root.clone();
+    change(&mut copy);
+    copy
+}
+
+fn assert_reports(what: &str, diffs: &[String], needle: &str) {
+    assert!(
+        diffs.iter().any(|d| d.contains(needle)),
+        "{what}: expected a difference mentioning {needle:?}, got {diffs:#?}"
+    );
+}
+
+#[test]
+fn checks_report_mismatches() {
+    let root = load_template();
+    let readme = workspace_file(README);
+    let table = Template::new(&root).table.clone().expect("one table");
+
+    // An extra action.
+    let extra = changed(&root, |t| {
+        let s = statement_with(t, "refresh-sweep", "dynamodb:GetItem");
+        s["Action"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("dynamodb:Scan"));
+    });
+    assert_reports(
+        "extra action",
+        &policy_differences(&extra),
+        "dynamodb:Scan on the installs table",
+    );
+
+    // A missing action.
+    let missing = changed(&root, |t| {
+        let s = statement_with(t, "token-mint", "dynamodb:DeleteItem");
+        s["Action"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|a| a != "dynamodb:DeleteItem");
+    });
+    assert_reports(
+        "missing action",
+        &policy_differences(&missing),
+        "not granted dynamodb:DeleteItem",
+    );
+
+    // The index action granted on the table instead of the index.
+    let moved = changed(&root, |t| {
+        let s = statement_where(t, "refresh-sweep", "on the due index", |s| {
+            s["Resource"].get("Fn::Sub").is_some()
+        });
+        s["Resource"] = json!({"Fn::GetAtt": format!("{table}.Arn")});
+    });
+    let diffs = policy_differences(&moved);
+    assert_reports(
+        "index grant on the wrong resource",
+        &diffs,
+        "not granted dynamodb:Query on the due-index index",
+    );
+
+    // Wildcards.
+    let wildcard = changed(&root, |t| {
+        let s = statement_with(t, "oauth-callback", "secretsmanager:GetSecretValue");
+        s["Resource"] = json!("*");
+        s["Action"] = json!(["secretsmanager:*"]);
+    });
+    let diffs = policy_differences(&wildcard);
+    assert_reports("wildcard resource", &diffs, "wildcard resource");
+    assert_reports(
+        "wildcard action",
+        &diffs,
+        "wildcard action secretsmanager:*",
+    );
+
+    // A SAM policy template.
+    let sam_template = changed(&root, |t| {
+        let id = function_id(t, "oauth-callback");
+        t["Resources"][&id]["Properties"]["Policies"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"DynamoDBCrudPolicy": {"TableName": {"Ref": table}}}));
+    });
+    let role = changed(&root, |t| {
+        t["Resources"]["ExtraPolicy"] = json!({"Type": "AWS::IAM::Policy", "Properties": {}});
+    });
+    assert_reports(
+        "standalone IAM resource",
+        &policy_differences(&role),
+        "ExtraPolicy (AWS::IAM::Policy)",
+    );
+    assert_reports(
+        "SAM policy template",
+        &policy_differences(&sam_template),
+        "DynamoDBCrudPolicy",
+    );
+
+    // A function the policies do not know, and one they name but is gone.
+    let renamed = changed(&root, |t| {
+        let id = function_id(t, "token-mint");
+        t["Resources"][&id]["Metadata"]["BuildProperties"]["Binary"] = json!("token-mint-v2");
+    });
+    let diffs = policy_differences(&renamed);
+    assert_reports("unknown binary", &diffs, "token-mint-v2");
+    assert_reports("missing function", &diffs, "Binary: token-mint (listed");
+
+    // The table.
+    let projection = changed(&root, |t| {
+        t["Resources"][&table]["Properties"]["GlobalSecondaryIndexes"][0]["Projection"] =
+            json!({"ProjectionType": "ALL"});
+    });
+    assert_reports("projection", &table_differences(&projection), "KEYS_ONLY");
+    let ttl = changed(&root, |t| {
+        t["Resources"][&table]["Properties"]["TimeToLiveSpecification"]["AttributeName"] =
+            json!("expires");
+    });
+    assert_reports("TTL", &table_differences(&ttl), "\"expires\"");
+    let key = changed(&root, |t| {
+        t["Resources"][&table]["Properties"]["AttributeDefinitions"][3]["AttributeType"] =
+            json!("S");
+    });
+    assert_reports(
+        "attribute type",
+        &table_differences(&key),
+        "is not in shared::schema",
+    );
+
+    // The environment.
+    let undocumented = changed(&root, |t| {
+        let id = function_id(t, "token-mint");
+        t["Resources"][&id]["Properties"]["Environment"] =
+            json!({"Variables": {"FOO": "1", "SWEEP_CONCURRENCY": "8"}});
+    });
+    let diffs = environment_differences(&undocumented, &readme);
+    assert_reports("undocumented variable", &diffs, "sets FOO");
+    assert_reports(
+        "variable of another function",
+        &diffs,
+        "documents for refresh-sweep only",
+    );
+    let unset = changed(&root, |t| {
+        t["Globals"]["Function"]["Environment"]["Variables"]
+            .as_object_mut()
+            .unwrap()
+            .remove("INSTALLS_TABLE");
+    });
+    assert_reports(
+        "required variable",
+        &environment_differences(&unset, &readme),
+        "does not set INSTALLS_TABLE",
+    );
+}
