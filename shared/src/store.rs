@@ -202,6 +202,9 @@ struct Update {
     removes: Vec<String>,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
+    /// What each attribute becomes when the item does not exist yet: lets
+    /// one builder describe both the update and the equivalent new item.
+    fresh: Vec<(String, AttributeValue)>,
 }
 
 impl Update {
@@ -218,6 +221,7 @@ impl Update {
     }
 
     fn set(&mut self, attr: &str, v: AttributeValue) -> &mut Self {
+        self.fresh.push((attr.to_owned(), v.clone()));
         let (n, v) = (self.name(attr), self.value(v));
         self.sets.push(format!("{n} = {v}"));
         self
@@ -231,12 +235,14 @@ impl Update {
     }
 
     fn set_if_absent(&mut self, attr: &str, v: AttributeValue) -> &mut Self {
+        self.fresh.push((attr.to_owned(), v.clone()));
         let (n, v) = (self.name(attr), self.value(v));
         self.sets.push(format!("{n} = if_not_exists({n}, {v})"));
         self
     }
 
     fn increment(&mut self, attr: &str) -> &mut Self {
+        self.fresh.push((attr.to_owned(), num(1)));
         let n = self.name(attr);
         let zero = self.value(num(0));
         let one = self.value(num(1));
@@ -249,6 +255,13 @@ impl Update {
         let n = self.name(attr);
         self.removes.push(n);
         self
+    }
+
+    /// The item this update creates when applied to no item.
+    fn into_new_item(self, pk: &str, sk: &str) -> Item {
+        let mut item = key_of(pk, sk);
+        item.extend(self.fresh);
+        item
     }
 
     fn expression(&self) -> String {
@@ -463,17 +476,13 @@ impl Store {
             }))
     }
 
-    /// Stores a fresh grant from a code exchange or a mint. A reinstall
-    /// replaces the tokens and keeps the install's identity: first-install
-    /// time, counters, and a version that only grows (so any refresh still in
-    /// flight for the old tokens cannot commit over the new ones).
-    pub async fn save_grant(
+    fn grant_update(
         &self,
         id: &InstallId,
         pair: &TokenPair,
         info: &GrantInfo,
         reason: &str,
-    ) -> Result<Install, StoreError> {
+    ) -> Update {
         let now = now_secs();
         let mut u = Update::default();
         self.set_tokens(&mut u, id, pair);
@@ -486,6 +495,66 @@ impl Store {
         u.set_if_absent(attr::REFRESH_COUNT, num(0));
         u.increment(attr::INSTALL_COUNT);
         u.increment(attr::VERSION);
+        u
+    }
+
+    /// Writes new installs in bulk, 25 per request, exactly as
+    /// [`Store::save_grant`] would create them: for seeding benchmarks and
+    /// load tests, never for the functions (their policies do not grant
+    /// BatchWriteItem). Overwrites without conditions.
+    pub async fn put_new_grants(
+        &self,
+        grants: &[(InstallId, TokenPair, GrantInfo)],
+    ) -> Result<(), StoreError> {
+        for chunk in grants.chunks(25) {
+            let mut requests: Vec<aws_sdk_dynamodb::types::WriteRequest> = chunk
+                .iter()
+                .map(|(id, pair, info)| {
+                    let item = self
+                        .grant_update(id, pair, info, "seeded")
+                        .into_new_item(&id.key(), GRANT_SK);
+                    let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .map_err(|e| StoreError::Dynamo {
+                            op: "BatchWriteItem(build)",
+                            reason: e.to_string(),
+                        })?;
+                    Ok(aws_sdk_dynamodb::types::WriteRequest::builder()
+                        .put_request(put)
+                        .build())
+                })
+                .collect::<Result<_, StoreError>>()?;
+            // DynamoDB may hand back unprocessed items under load: resend them.
+            while !requests.is_empty() {
+                let out = self
+                    .table_op("dynamodb:BatchWriteItem")?
+                    .batch_write_item()
+                    .request_items(self.table.clone(), requests)
+                    .send()
+                    .await
+                    .map_err(dynamo("BatchWriteItem(new grants)"))?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a fresh grant from a code exchange or a mint. A reinstall
+    /// replaces the tokens and keeps the install's identity: first-install
+    /// time, counters, and a version that only grows (so any refresh still in
+    /// flight for the old tokens cannot commit over the new ones).
+    pub async fn save_grant(
+        &self,
+        id: &InstallId,
+        pair: &TokenPair,
+        info: &GrantInfo,
+        reason: &str,
+    ) -> Result<Install, StoreError> {
+        let u = self.grant_update(id, pair, info, reason);
         let out = self
             .update(&id.key(), GRANT_SK, u)?
             .return_values(ReturnValue::AllNew)

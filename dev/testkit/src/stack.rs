@@ -182,68 +182,41 @@ impl Stack {
     /// access token expires in `expires_in` seconds (under the 6 h refresh-ahead
     /// window, it is due at once).
     pub async fn seed_install(&self, id: &InstallId, company_id: &str, expires_in: i64) -> Install {
-        let (user_type, location_id) = match id {
-            InstallId::Company(_) => (ghl_sim::UserType::Company, None),
-            InstallId::Location(l) | InstallId::Minted(l) => {
-                (ghl_sim::UserType::Location, Some(l.clone()))
-            }
-        };
-        if let Some(l) = &location_id {
-            self.sim
-                .add_locations(company_id, &[(l.as_str(), l.as_str())]);
-        }
-        let body = self.sim.seed_grant(ghl_sim::SeedGrant {
-            user_type,
-            company_id: company_id.into(),
-            location_id: location_id.clone(),
-            access_token_ttl_secs: None,
-        });
-        let pair = TokenPair {
-            access_token: SecretString::new(body["access_token"].as_str().expect("access_token")),
-            refresh_token: SecretString::new(
-                body["refresh_token"].as_str().expect("refresh_token"),
-            ),
-            expires_at: shared::model::now_secs() + expires_in,
-        };
-        let info = GrantInfo {
-            user_type: Some(id.user_type()),
-            company_id: Some(company_id.into()),
-            location_id,
-            scope: body["scope"].as_str().map(str::to_owned),
-            ..Default::default()
-        };
+        let (pair, info) = sim_grant(&self.sim, id, company_id, expires_in);
         self.store()
             .save_grant(id, &pair, &info, "seeded")
             .await
             .expect("seeded install saved")
     }
 
-    /// Seeds `n` due installs (companies `{prefix}-{i}`) concurrently.
+    /// Seeds `n` installs (companies `{prefix}-{i}`) whose access tokens
+    /// expire in `expires_in` seconds, written in bulk exactly as
+    /// `save_grant` would create them.
     pub async fn seed_many(&self, prefix: &str, n: usize, expires_in: i64) -> Vec<InstallId> {
         let ids: Vec<InstallId> = (0..n)
             .map(|i| InstallId::Company(format!("{prefix}-{i}")))
             .collect();
         let mut set = tokio::task::JoinSet::new();
-        for chunk in ids.chunks(n.div_ceil(16).max(1)) {
-            let chunk = chunk.to_vec();
-            let this = self.clone_handles();
+        for chunk in ids.chunks(500) {
+            let grants: Vec<_> = chunk
+                .iter()
+                .map(|id| {
+                    let (pair, info) = sim_grant(&self.sim, id, id.id(), expires_in);
+                    (id.clone(), pair, info)
+                })
+                .collect();
+            let store = self.store().clone();
             set.spawn(async move {
-                for id in chunk {
-                    this.seed(&id, expires_in).await;
-                }
+                store
+                    .put_new_grants(&grants)
+                    .await
+                    .expect("seeded installs written")
             });
         }
         while let Some(r) = set.join_next().await {
             r.expect("seeding task");
         }
         ids
-    }
-
-    fn clone_handles(&self) -> Seeder {
-        Seeder {
-            store: self.store().clone(),
-            sim: self.sim.clone(),
-        }
     }
 
     /// Makes an install due now (tests only: stands in for the passage of time).
@@ -445,37 +418,6 @@ fn urlencode(v: &str) -> String {
 }
 
 /// What seeding tasks need, detached from the stack's lifetime.
-struct Seeder {
-    store: Store,
-    sim: Arc<Sim>,
-}
-
-impl Seeder {
-    async fn seed(&self, id: &InstallId, expires_in: i64) {
-        let body = self.sim.seed_grant(ghl_sim::SeedGrant {
-            user_type: ghl_sim::UserType::Company,
-            company_id: id.id().into(),
-            location_id: None,
-            access_token_ttl_secs: None,
-        });
-        let pair = TokenPair {
-            access_token: SecretString::new(body["access_token"].as_str().expect("access_token")),
-            refresh_token: SecretString::new(
-                body["refresh_token"].as_str().expect("refresh_token"),
-            ),
-            expires_at: shared::model::now_secs() + expires_in,
-        };
-        let info = GrantInfo {
-            user_type: Some(id.user_type()),
-            company_id: Some(id.id().into()),
-            ..Default::default()
-        };
-        self.store
-            .save_grant(id, &pair, &info, "seeded")
-            .await
-            .expect("seeded install saved");
-    }
-}
 
 /// The JSON log lines of a function process (other lines skipped).
 pub fn json_logs(lines: &[String]) -> Vec<Value> {
@@ -483,4 +425,41 @@ pub fn json_logs(lines: &[String]) -> Vec<Value> {
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
+}
+
+/// A grant issued by the simulator for `id`, as the store would save it.
+fn sim_grant(
+    sim: &Sim,
+    id: &InstallId,
+    company_id: &str,
+    expires_in: i64,
+) -> (TokenPair, GrantInfo) {
+    let (user_type, location_id) = match id {
+        InstallId::Company(_) => (ghl_sim::UserType::Company, None),
+        InstallId::Location(l) | InstallId::Minted(l) => {
+            (ghl_sim::UserType::Location, Some(l.clone()))
+        }
+    };
+    if let Some(l) = &location_id {
+        sim.add_locations(company_id, &[(l.as_str(), l.as_str())]);
+    }
+    let body = sim.seed_grant(ghl_sim::SeedGrant {
+        user_type,
+        company_id: company_id.into(),
+        location_id: location_id.clone(),
+        access_token_ttl_secs: None,
+    });
+    let pair = TokenPair {
+        access_token: SecretString::new(body["access_token"].as_str().expect("access_token")),
+        refresh_token: SecretString::new(body["refresh_token"].as_str().expect("refresh_token")),
+        expires_at: shared::model::now_secs() + expires_in,
+    };
+    let info = GrantInfo {
+        user_type: Some(id.user_type()),
+        company_id: Some(company_id.into()),
+        location_id,
+        scope: body["scope"].as_str().map(str::to_owned),
+        ..Default::default()
+    };
+    (pair, info)
 }

@@ -383,3 +383,46 @@ async fn the_fleet_breaker_stops_a_run_that_fails_the_same_way() {
     }
     assert_eq!(active, 20, "the rest were not marked");
 }
+
+/// Bulk seeding (benchmarks, the chaos run) must create exactly what an
+/// install creates, or those runs measure something else.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_seeded_installs_match_saved_ones() {
+    let stack = Stack::new().await;
+    let saved = InstallId::Company("bulk-0".into());
+    stack.seed_install(&saved, "bulk-0", 60).await;
+    let bulk = stack.seed_many("bulk-x", 1, 60).await.remove(0);
+    let items = stack.items().await;
+    let item = |id: &InstallId| {
+        items
+            .iter()
+            .find(|i| i["pk"].as_s().ok() == Some(&id.key()))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing"))
+    };
+    let (a, b) = (item(&saved), item(&bulk));
+    let names = |i: &testkit::stack::Item| {
+        let mut k: Vec<String> = i.keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(names(&a), names(&b), "same attributes");
+    for same in [
+        "state",
+        "version",
+        "install_count",
+        "refresh_count",
+        "failures",
+        "user_type",
+        "key_id",
+    ] {
+        assert_eq!(a.get(same), b.get(same), "{same}");
+    }
+    let (sa, sb) = (
+        stack.store().get(&saved).await.unwrap().unwrap(),
+        stack.store().get(&bulk).await.unwrap().unwrap(),
+    );
+    assert_eq!((sa.version, sa.state), (sb.version, sb.state));
+    assert!(sb.due_at.is_some() && !sb.stale_key);
+    assert!(stack.sim.ledger().is_live(sb.refresh_token.expose()));
+}
