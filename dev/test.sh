@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check CI runs: formatting, lints, the infrastructure template, and
+# Every check CI runs: formatting, lints, the infrastructure template, the
+# arm64 release build of the functions (dev/package.sh), and
 # the whole test suite (unit, integration against moto and the HighLevel
 # simulator, and a small chaos run). Installs what it needs.
 #
@@ -13,10 +14,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-if [ -x dev/infra-check.sh ]; then
-  log "infrastructure template checks"
-  dev/infra-check.sh
-fi
+log "infrastructure template checks"
+dev/infra-check.sh
+log "release arm64 build of the three functions, as deployed"
+dev/package.sh
 start_moto
 log "building the function binaries the integration tests run"
 cargo build --workspace --bins --locked

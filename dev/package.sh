@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the three functions as they deploy (release profile, arm64, for
+# provided.al2023) with cargo-lambda, checks each bootstrap is an aarch64
+# Linux executable, and prints its size. `sam build` runs the same build.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+FUNCTIONS=(oauth-callback refresh-sweep token-mint)
+ensure_pip cargo-lambda cargo-lambda
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  log "adding the aarch64-unknown-linux-gnu target"
+  rustup target add aarch64-unknown-linux-gnu
+fi
+log "cargo lambda build --release --arm64"
+args=()
+for f in "${FUNCTIONS[@]}"; do args+=(--bin "$f"); done
+cargo lambda build --release --arm64 --locked "${args[@]}"
+
+for f in "${FUNCTIONS[@]}"; do
+  bin="target/lambda/$f/bootstrap"
+  [ -f "$bin" ] || { echo "error: $bin was not built" >&2; exit 1; }
+  # ELF magic, 64-bit, and e_machine 183 (EM_AARCH64).
+  python3 - "$bin" <<'PY'
+import struct, sys
+path = sys.argv[1]
+with open(path, "rb") as f:
+    head = f.read(20)
+if head[:4] != b"\x7fELF" or head[4] != 2 or struct.unpack_from("<H", head, 18)[0] != 183:
+    sys.exit(f"error: {path} is not a 64-bit aarch64 ELF executable")
+PY
+  printf '%-16s %s bytes (%s MiB)\n' "$f" "$(stat -c %s "$bin")" "$(python3 -c "import os,sys;print(round(os.path.getsize(sys.argv[1])/1048576,1))" "$bin")"
+done
