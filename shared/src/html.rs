@@ -1,6 +1,19 @@
 //! The small pages the installing user sees. Every dynamic value is escaped;
 //! no token or code is ever passed in.
 
+/// Percent-encodes everything but RFC 3986's unreserved characters: safe
+/// as a query component.
+pub fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

@@ -99,6 +99,23 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// `url` with the install's ids appended (`userType`, `companyId`,
+    /// `locationId`): where `SUCCESS_REDIRECT_URL` sends the browser. Ids
+    /// only, never a token.
+    pub fn success_redirect(&self, url: &str) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let mut target = format!("{url}{sep}userType={}", self.user_type.as_str());
+        for (k, v) in [
+            ("companyId", &self.company_id),
+            ("locationId", &self.location_id),
+        ] {
+            if let Some(v) = v {
+                target.push_str(&format!("&{k}={}", crate::html::percent_encode(v)));
+            }
+        }
+        target
+    }
+
     fn from_install(install: &Install, fresh: bool) -> Self {
         Self {
             user_type: install.id.user_type(),
@@ -304,6 +321,26 @@ async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn success_redirect_appends_encoded_ids() {
+        let i = Installed {
+            id: InstallId::Location("l 1".into()),
+            user_type: UserType::Location,
+            company_id: Some("c&1".into()),
+            location_id: Some("l 1".into()),
+            reinstall: false,
+            fresh: true,
+        };
+        assert_eq!(
+            i.success_redirect("https://x.example/done"),
+            "https://x.example/done?userType=Location&companyId=c%261&locationId=l%201"
+        );
+        assert!(
+            i.success_redirect("https://x.example/done?a=b")
+                .starts_with("https://x.example/done?a=b&userType=")
+        );
+    }
 
     fn req(method: &str, code: Option<&str>) -> CallbackRequest {
         CallbackRequest {

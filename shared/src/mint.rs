@@ -282,6 +282,7 @@ impl Minter<'_> {
         switch: &'b ReconnectSwitch,
     ) -> Refresher<'b> {
         Refresher {
+            gate: None,
             store: &self.svc.store,
             ghl: &self.svc.ghl,
             app: &self.svc.app,
@@ -326,7 +327,9 @@ impl Minter<'_> {
                 Outcome::Locked
                 | Outcome::NotNeeded(_)
                 | Outcome::Superseded
-                | Outcome::Journaled => {
+                | Outcome::Journaled
+                // Only a sweep's gate turns refreshes away; treat it as busy.
+                | Outcome::NotStarted => {
                     // Someone else is refreshing it: wait for their result.
                     if started.elapsed() > SINGLE_FLIGHT_WAIT {
                         return Err(MintError::UpstreamUnavailable(format!(

@@ -251,6 +251,13 @@ impl Update {
         self
     }
 
+    /// Drops the lease (owner, expiry, intent) in the same write.
+    fn release_lease(&mut self) -> &mut Self {
+        self.remove(attr::LEASE_OWNER)
+            .remove(attr::LEASE_UNTIL)
+            .remove(attr::LEASE_INTENT)
+    }
+
     fn remove(&mut self, attr: &str) -> &mut Self {
         let n = self.name(attr);
         self.removes.push(n);
@@ -814,9 +821,7 @@ impl Store {
     /// longer ours.
     pub async fn release_lease(&self, id: &InstallId, owner: &str) -> Result<(), StoreError> {
         let mut u = Update::default();
-        u.remove(attr::LEASE_OWNER)
-            .remove(attr::LEASE_UNTIL)
-            .remove(attr::LEASE_INTENT);
+        u.release_lease();
         let (n, v) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
         let res = self
             .update(&id.key(), GRANT_SK, u)?
@@ -956,19 +961,36 @@ impl Store {
         u.set(attr::LAST_REFRESHED_AT, num(now));
         u.set(attr::VERSION, num(to as i64));
         u.increment(attr::REFRESH_COUNT);
-        u.remove(attr::LEASE_OWNER)
-            .remove(attr::LEASE_UNTIL)
-            .remove(attr::LEASE_INTENT);
-        let (vn, vv) = (u.name(attr::VERSION), u.value(num(from as i64)));
+        u.release_lease();
+        self.fenced(id, u, from, None, "UpdateItem(commit pair)")
+            .await
+    }
+
+    /// Applies `u` only if the install is still at `version` and, with
+    /// `owner`, still leased by it. False when either moved on.
+    async fn fenced(
+        &self,
+        id: &InstallId,
+        mut u: Update,
+        version: u64,
+        owner: Option<&str>,
+        op: &'static str,
+    ) -> Result<bool, StoreError> {
+        let (vn, vv) = (u.name(attr::VERSION), u.value(num(version as i64)));
+        let mut cond = format!("{vn} = {vv}");
+        if let Some(owner) = owner {
+            let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
+            cond.push_str(&format!(" AND {on} = {ov}"));
+        }
         let res = self
             .update(&id.key(), GRANT_SK, u)?
-            .condition_expression(format!("{vn} = {vv}"))
+            .condition_expression(cond)
             .send()
             .await;
         match res {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(dynamo("UpdateItem(commit pair)")(e)),
+            Err(e) => Err(dynamo(op)(e)),
         }
     }
 
@@ -998,21 +1020,9 @@ impl Store {
             }
         }
         u.set(attr::FAILURES, num(i64::from(failures)));
-        u.remove(attr::LEASE_OWNER)
-            .remove(attr::LEASE_UNTIL)
-            .remove(attr::LEASE_INTENT);
-        let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
-        let (vn, vv) = (u.name(attr::VERSION), u.value(num(version as i64)));
-        let res = self
-            .update(&id.key(), GRANT_SK, u)?
-            .condition_expression(format!("{on} = {ov} AND {vn} = {vv}"))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(dynamo("UpdateItem(record state)")(e)),
-        }
+        u.release_lease();
+        self.fenced(id, u, version, Some(owner), "UpdateItem(record state)")
+            .await
     }
 
     /// Re-seals both tokens under the current data key, under our lease and
@@ -1028,21 +1038,15 @@ impl Store {
                 expires_at: install.expires_at,
             },
         );
-        u.remove(attr::LEASE_OWNER)
-            .remove(attr::LEASE_UNTIL)
-            .remove(attr::LEASE_INTENT);
-        let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
-        let (vn, vv) = (u.name(attr::VERSION), u.value(num(install.version as i64)));
-        let res = self
-            .update(&install.id.key(), GRANT_SK, u)?
-            .condition_expression(format!("{on} = {ov} AND {vn} = {vv}"))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(dynamo("UpdateItem(reseal)")(e)),
-        }
+        u.release_lease();
+        self.fenced(
+            &install.id,
+            u,
+            install.version,
+            Some(owner),
+            "UpdateItem(reseal)",
+        )
+        .await
     }
 
     // ---- short locks ------------------------------------------------------

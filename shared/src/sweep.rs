@@ -9,7 +9,7 @@
 
 use crate::config::SweepConfig;
 use crate::model::{InstallId, now_secs};
-use crate::refresh::{Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
+use crate::refresh::{Gate, Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
 use crate::services::Services;
 use crate::store::LeaseWhen;
 use serde::Serialize;
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 const PAGE_SIZE: i32 = 200;
@@ -147,8 +147,15 @@ pub async fn run(
     let reconnect = Arc::new(ReconnectSwitch::default());
     let owner: Arc<str> = Arc::from(owner);
     let mut workers: JoinSet<(InstallId, Result<Outcome, RefreshError>)> = JoinSet::new();
+    let gate = Arc::new(Gate {
+        slots: Semaphore::new(cfg.concurrency),
+        stop: stop.clone(),
+        start_by: deadline.checked_sub(needed).unwrap_or_else(Instant::now),
+    });
     loop {
-        while workers.len() >= cfg.concurrency {
+        // Twice the HighLevel slots in tasks: while some wait on HighLevel,
+        // others take leases or write results.
+        while workers.len() >= cfg.concurrency * 2 {
             if let Some(done) = workers.join_next().await {
                 tally(&mut summary, &mut breaker, &stop, done);
             }
@@ -166,14 +173,16 @@ pub async fn run(
         }
         let Some(id) = rx.recv().await else { break };
         summary.examined += 1;
-        let (svc, policy, owner, reconnect) = (
+        let (svc, policy, owner, reconnect, gate) = (
             svc.clone(),
             policy.clone(),
             owner.clone(),
             reconnect.clone(),
+            gate.clone(),
         );
         workers.spawn(async move {
             let r = Refresher {
+                gate: Some(&gate),
                 store: &svc.store,
                 ghl: &svc.ghl,
                 app: &svc.app,
@@ -272,6 +281,7 @@ fn tally(
         Outcome::InDoubt => &mut summary.in_doubt,
         Outcome::Superseded => &mut summary.superseded,
         Outcome::Journaled => &mut summary.journaled,
+        Outcome::NotStarted => &mut summary.still_due,
     };
     *counter += 1;
     if let Some(class) = breaker.record(name)

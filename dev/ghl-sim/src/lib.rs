@@ -940,6 +940,21 @@ fn company_bearer(inner: &Inner, headers: &HeaderMap) -> Result<String, Response
     Ok(a.grant_id.clone())
 }
 
+/// What every company-token endpoint checks first, in HighLevel's order:
+/// the bearer token, the `Version` header, then the required parameters.
+/// Returns the grant id behind the bearer.
+fn company_call(
+    inner: &Inner,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    fields: &[&str],
+) -> Result<String, Response> {
+    let gid = company_bearer(inner, headers)?;
+    check_version(headers)?;
+    require(params, fields)?;
+    Ok(gid)
+}
+
 fn check_version(headers: &HeaderMap) -> Result<(), Response> {
     match headers.get("version").and_then(|v| v.to_str().ok()) {
         Some(API_VERSION) => Ok(()),
@@ -959,16 +974,10 @@ async fn location_token(
     gated(shared, move |s| {
         let cfg = lock(&s.cfg).clone();
         let mut inner = lock(&s.inner);
-        let gid = match company_bearer(&inner, &headers) {
+        let gid = match company_call(&inner, &headers, &f, &["companyId", "locationId"]) {
             Ok(g) => g,
             Err(r) => return r,
         };
-        if let Err(r) = check_version(&headers) {
-            return r;
-        }
-        if let Err(r) = require(&f, &["companyId", "locationId"]) {
-            return r;
-        }
         let (company, loc) = (f["companyId"].clone(), f["locationId"].clone());
         if inner.grants[&gid].company_id != company {
             return error(StatusCode::BAD_REQUEST, "Invalid parameter: companyId");
@@ -1010,16 +1019,10 @@ async fn installed_locations(
     gated(shared, move |s| {
         let cfg = lock(&s.cfg).clone();
         let mut inner = lock(&s.inner);
-        let gid = match company_bearer(&inner, &headers) {
+        let gid = match company_call(&inner, &headers, &q, &["companyId", "appId"]) {
             Ok(g) => g,
             Err(r) => return r,
         };
-        if let Err(r) = check_version(&headers) {
-            return r;
-        }
-        if let Err(r) = require(&q, &["companyId", "appId"]) {
-            return r;
-        }
         if q["appId"] != cfg.app_id {
             return error(StatusCode::BAD_REQUEST, "Invalid parameter: appId");
         }

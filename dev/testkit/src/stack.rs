@@ -370,7 +370,7 @@ impl Stack {
 pub fn function_url_event(method: &str, query: &[(&str, &str)]) -> Value {
     let raw: Vec<String> = query
         .iter()
-        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .map(|(k, v)| format!("{k}={}", shared::html::percent_encode(v)))
         .collect();
     let params: serde_json::Map<String, Value> = query
         .iter()
@@ -405,19 +405,6 @@ pub fn scheduled_event() -> Value {
         "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:123456789012:rule/sweep"], "detail": {}
     })
 }
-
-fn urlencode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// What seeding tasks need, detached from the stack's lifetime.
 
 /// The JSON log lines of a function process (other lines skipped).
 pub fn json_logs(lines: &[String]) -> Vec<Value> {

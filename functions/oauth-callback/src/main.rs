@@ -147,13 +147,7 @@ fn respond(cfg: &CallbackConfig, result: Result<CallbackOutcome, InstallError>) 
         Ok(CallbackOutcome::Probe) => html(StatusCode::OK, String::new()),
         Ok(CallbackOutcome::Installed(i)) => {
             if let Some(url) = &cfg.success_redirect_url {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                let mut target = format!("{url}{sep}userType={}", i.user_type.as_str());
-                for (k, v) in [("companyId", &i.company_id), ("locationId", &i.location_id)] {
-                    if let Some(v) = v {
-                        target.push_str(&format!("&{k}={}", urlencode(v)));
-                    }
-                }
+                let target = i.success_redirect(url);
                 return Response::builder()
                     .status(StatusCode::FOUND)
                     .header("location", target)
@@ -206,15 +200,4 @@ fn capitalise(s: &str) -> String {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
     }
-}
-
-fn urlencode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
