@@ -8,7 +8,7 @@
 # installs with 200 ms of injected HighLevel latency; prints refreshes/s, the
 # ratio to the limit (concurrency / latency), CPU seconds and peak RSS of the
 # sweep process. Knobs: BENCH_INSTALLS (default "10000 100000"),
-# BENCH_CONCURRENCY (default 16: moto, one Python core, must not be the
+# BENCH_CONCURRENCY (default 4: moto, one Python core, must not be the
 # bottleneck; see README), BENCH_LATENCY_MS (200).
 # Mint: cache-hit latency and CPU per mint against one DynamoDB read, and
 # cold start. Knobs: BENCH_MINTS (1000), BENCH_COLD_STARTS (10).
@@ -24,7 +24,7 @@ cargo build --release --locked -p refresh-sweep -p token-mint -p testkit --bins
 if [[ $what == all || $what == sweep ]]; then
   for n in ${BENCH_INSTALLS:-10000 100000}; do
     log "sweep benchmark: $n installs"
-    target/release/sweep-bench "$n" "${BENCH_CONCURRENCY:-16}" "${BENCH_LATENCY_MS:-200}"
+    target/release/sweep-bench "$n" "${BENCH_CONCURRENCY:-4}" "${BENCH_LATENCY_MS:-200}"
   done
 fi
 if [[ $what == all || $what == mint ]]; then
