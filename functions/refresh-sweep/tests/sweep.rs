@@ -429,3 +429,31 @@ async fn bulk_seeded_installs_match_saved_ones() {
     assert!(sb.due_at.is_some() && !sb.stale_key);
     assert!(stack.sim.ledger().is_live(sb.refresh_token.expose()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_event_is_refused_and_changes_nothing() {
+    let stack = Stack::new().await;
+    stack.seed_many("bad-event", 3, 60).await;
+    let before = stack.items().await;
+    let f = stack.spawn("refresh-sweep", &[]);
+    let event: Value = serde_json::from_str(include_str!(
+        "../../../events/refresh-sweep/bad-not-an-event.json"
+    ))
+    .unwrap();
+    let r = stack
+        .api
+        .invoke_with(event, InvokeOptions::with_deadline(Duration::from_secs(30)))
+        .await;
+    match r {
+        Err(InvokeError::Function { error_message, .. }) => {
+            assert!(
+                error_message.contains("deserialize"),
+                "says what was wrong: {error_message}"
+            );
+        }
+        other => panic!("expected a function error, got {other:?}"),
+    }
+    assert_eq!(stack.items().await, before, "nothing changed");
+    assert_eq!(stack.sim.ledger().tokens.len(), 3, "HighLevel never called");
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
