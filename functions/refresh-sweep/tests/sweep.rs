@@ -4,7 +4,7 @@
 use ghl_sim::{Fault, Faults};
 use serde_json::Value;
 use shared::model::{InstallId, InstallState, TokenPair, now_secs};
-use shared::store::LeaseWhen;
+use shared::store::{Install, LeaseWhen};
 use std::time::Duration;
 use testkit::stack::{Stack, json_logs, scheduled_event};
 use testkit::{InvokeError, InvokeOptions};
@@ -14,6 +14,27 @@ async fn sweep(stack: &Stack, deadline: Duration) -> Result<Value, InvokeError> 
         .api
         .invoke_with(scheduled_event(), InvokeOptions::with_deadline(deadline))
         .await
+}
+
+/// Refreshes a seeded install directly at the simulator, as a worker that
+/// then lost its commit would have: the old token is used up, the new pair
+/// exists only where the test puts it.
+async fn refresh_behind_the_sweeps_back(stack: &Stack, seeded: &Install) -> TokenPair {
+    let grant = stack
+        .svc
+        .ghl
+        .refresh(
+            &stack.app,
+            &seeded.refresh_token,
+            shared::model::UserType::Company,
+        )
+        .await
+        .unwrap();
+    TokenPair {
+        access_token: grant.access_token.clone(),
+        refresh_token: grant.refresh_token.clone().unwrap(),
+        expires_at: now_secs() + 86_399,
+    }
 }
 
 fn refreshed_order(logs: &[String]) -> Vec<String> {
@@ -285,21 +306,7 @@ async fn a_token_obtained_but_never_committed_is_recovered_not_burned() {
         lease,
         shared::store::LeaseOutcome::Acquired { .. }
     ));
-    let grant = stack
-        .svc
-        .ghl
-        .refresh(
-            &stack.app,
-            &seeded.refresh_token,
-            shared::model::UserType::Company,
-        )
-        .await
-        .unwrap();
-    let pair = TokenPair {
-        access_token: grant.access_token.clone(),
-        refresh_token: grant.refresh_token.clone().unwrap(),
-        expires_at: now_secs() + 86_399,
-    };
+    let pair = refresh_behind_the_sweeps_back(&stack, &seeded).await;
     store
         .write_journal(&id, seeded.version + 1, &pair, "dead-worker")
         .await
@@ -329,21 +336,7 @@ async fn invalid_grant_looks_for_a_newer_token_before_revoking() {
     let id = InstallId::Company("journaled".into());
     let seeded = stack.seed_install(&id, "journaled", 60).await;
     // The commit after a successful refresh was lost; the lease was given back.
-    let grant = stack
-        .svc
-        .ghl
-        .refresh(
-            &stack.app,
-            &seeded.refresh_token,
-            shared::model::UserType::Company,
-        )
-        .await
-        .unwrap();
-    let pair = TokenPair {
-        access_token: grant.access_token.clone(),
-        refresh_token: grant.refresh_token.clone().unwrap(),
-        expires_at: now_secs() + 86_399,
-    };
+    let pair = refresh_behind_the_sweeps_back(&stack, &seeded).await;
     stack
         .store()
         .write_journal(&id, seeded.version + 1, &pair, "other")
