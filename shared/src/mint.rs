@@ -282,7 +282,6 @@ impl Minter<'_> {
         switch: &'b ReconnectSwitch,
     ) -> Refresher<'b> {
         Refresher {
-            gate: None,
             store: &self.svc.store,
             ghl: &self.svc.ghl,
             app: &self.svc.app,
@@ -316,7 +315,7 @@ impl Minter<'_> {
             let threshold = now_secs() + min_validity as i64 + 1;
             match self
                 .refresher(&policy, &switch)
-                .refresh(id, LeaseWhen::ExpiresBefore(threshold))
+                .refresh(id, LeaseWhen::ExpiresBefore(threshold), None)
                 .await?
             {
                 Outcome::Refreshed(i) | Outcome::Recovered(i) | Outcome::NotNeeded(i)
@@ -327,9 +326,7 @@ impl Minter<'_> {
                 Outcome::Locked
                 | Outcome::NotNeeded(_)
                 | Outcome::Superseded
-                | Outcome::Journaled
-                // Only a sweep's gate turns refreshes away; treat it as busy.
-                | Outcome::NotStarted => {
+                | Outcome::Journaled => {
                     // Someone else is refreshing it: wait for their result.
                     if started.elapsed() > SINGLE_FLIGHT_WAIT {
                         return Err(MintError::UpstreamUnavailable(format!(

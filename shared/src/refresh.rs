@@ -21,6 +21,7 @@ use crate::store::{Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreEr
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// How a refresh failure is handled; see [`crate::config::SweepConfig`].
 #[derive(Debug, Clone)]
@@ -70,9 +71,6 @@ pub enum Outcome {
     /// The pair is only in the journal: DynamoDB refused the commit. The next
     /// holder adopts it.
     Journaled,
-    /// The run stopped (breaker, deadline) before this refresh began: nothing
-    /// was touched, the install is still due.
-    NotStarted,
 }
 
 impl Outcome {
@@ -91,7 +89,6 @@ impl Outcome {
             Self::InDoubt => "in_doubt",
             Self::Superseded => "superseded",
             Self::Journaled => "journaled",
-            Self::NotStarted => "not_started",
         }
     }
 }
@@ -122,21 +119,7 @@ impl ReconnectSwitch {
     }
 }
 
-/// Shared by one sweep's refresh tasks. `slots` bounds the HighLevel calls in
-/// flight (SWEEP_CONCURRENCY): a task holds a slot from taking the lease until
-/// HighLevel answers, and lets it go before its journal and commit writes, so
-/// store latency does not eat into HighLevel concurrency. Tasks still waiting
-/// for a slot are turned away when the run stops, or when the slot comes too
-/// late (`start_by`) for a whole refresh to fit before the deadline.
-pub struct Gate {
-    pub slots: tokio::sync::Semaphore,
-    pub stop: std::sync::Arc<AtomicBool>,
-    pub start_by: std::time::Instant,
-}
-
 pub struct Refresher<'a> {
-    /// None outside a sweep (the mint): no slot to wait for.
-    pub gate: Option<&'a Gate>,
     pub store: &'a Store,
     pub ghl: &'a GhlClient,
     pub app: &'a AppSecret,
@@ -165,17 +148,16 @@ fn pair_from(grant: &TokenGrant) -> Option<TokenPair> {
 }
 
 impl Refresher<'_> {
-    pub async fn refresh(&self, id: &InstallId, when: LeaseWhen) -> Result<Outcome, RefreshError> {
-        let slot = match self.gate {
-            Some(gate) => {
-                let slot = gate.slots.acquire().await.ok();
-                if gate.stop.load(Ordering::Relaxed) || std::time::Instant::now() > gate.start_by {
-                    return Ok(Outcome::NotStarted);
-                }
-                slot
-            }
-            None => None,
-        };
+    /// `slot` is one of the sweep's HighLevel slots (SWEEP_CONCURRENCY), or
+    /// None outside a sweep. It is held from taking the lease until HighLevel
+    /// answers and let go before the journal and commit writes, so store
+    /// latency does not eat into HighLevel concurrency.
+    pub async fn refresh(
+        &self,
+        id: &InstallId,
+        when: LeaseWhen,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<Outcome, RefreshError> {
         let install = match self
             .store
             .acquire_lease(id, self.owner, self.policy.lease, when)

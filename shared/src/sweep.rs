@@ -9,7 +9,7 @@
 
 use crate::config::SweepConfig;
 use crate::model::{InstallId, now_secs};
-use crate::refresh::{Gate, Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
+use crate::refresh::{Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
 use crate::services::Services;
 use crate::store::LeaseWhen;
 use serde::Serialize;
@@ -147,42 +147,44 @@ pub async fn run(
     let reconnect = Arc::new(ReconnectSwitch::default());
     let owner: Arc<str> = Arc::from(owner);
     let mut workers: JoinSet<(InstallId, Result<Outcome, RefreshError>)> = JoinSet::new();
-    let gate = Arc::new(Gate {
-        slots: Semaphore::new(cfg.concurrency),
-        stop: stop.clone(),
-        start_by: deadline.checked_sub(needed).unwrap_or_else(Instant::now),
-    });
+    // HighLevel slots (SWEEP_CONCURRENCY) are handed out here, in due order,
+    // before a task exists: no task ever waits for a slot only to be turned
+    // away, and a run with one slot calls HighLevel strictly in due order.
+    let slots = Arc::new(Semaphore::new(cfg.concurrency));
     loop {
         // Twice the HighLevel slots in tasks: while some wait on HighLevel,
-        // others take leases or write results.
+        // others write their results.
         while workers.len() >= cfg.concurrency * 2 {
             if let Some(done) = workers.join_next().await {
                 tally(&mut summary, &mut breaker, &stop, done);
             }
         }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         while let Some(done) = workers.try_join_next() {
             tally(&mut summary, &mut breaker, &stop, done);
         }
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        let Some(id) = rx.recv().await else { break };
+        // Checked after the id arrives: the page query it waited for counts.
         if deadline.saturating_duration_since(Instant::now()) < needed {
+            summary.still_due += 1;
             summary.stopped.get_or_insert_with(|| "deadline".into());
             stop.store(true, Ordering::Relaxed);
             break;
         }
-        let Some(id) = rx.recv().await else { break };
         summary.examined += 1;
-        let (svc, policy, owner, reconnect, gate) = (
+        let (svc, policy, owner, reconnect) = (
             svc.clone(),
             policy.clone(),
             owner.clone(),
             reconnect.clone(),
-            gate.clone(),
         );
         workers.spawn(async move {
             let r = Refresher {
-                gate: Some(&gate),
                 store: &svc.store,
                 ghl: &svc.ghl,
                 app: &svc.app,
@@ -190,7 +192,7 @@ pub async fn run(
                 owner: &owner,
                 reconnect: &reconnect,
             };
-            let result = r.refresh(&id, LeaseWhen::DueBy(now)).await;
+            let result = r.refresh(&id, LeaseWhen::DueBy(now), Some(slot)).await;
             (id, result)
         });
     }
@@ -281,7 +283,6 @@ fn tally(
         Outcome::InDoubt => &mut summary.in_doubt,
         Outcome::Superseded => &mut summary.superseded,
         Outcome::Journaled => &mut summary.journaled,
-        Outcome::NotStarted => &mut summary.still_due,
     };
     *counter += 1;
     if let Some(class) = breaker.record(name)
