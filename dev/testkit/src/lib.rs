@@ -643,6 +643,18 @@ impl FunctionProcess {
         api: &RuntimeApi,
         envs: &[(&str, &str)],
     ) -> std::io::Result<FunctionProcess> {
+        Self::spawn_with_args(bin, &[], api, envs)
+    }
+
+    /// [`FunctionProcess::spawn`] with command-line arguments. Lambda passes
+    /// none; this is for stand-ins such as a test harness that must be told
+    /// which test to run.
+    pub fn spawn_with_args(
+        bin: &Path,
+        args: &[&str],
+        api: &RuntimeApi,
+        envs: &[(&str, &str)],
+    ) -> std::io::Result<FunctionProcess> {
         let name = bin
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -655,6 +667,7 @@ impl FunctionProcess {
         let task_root = bin.parent().unwrap_or_else(|| Path::new("/"));
         let mut command = tokio::process::Command::new(bin);
         command
+            .args(args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin")
             .env("LANG", "en_US.UTF-8")

@@ -1,6 +1,6 @@
 //! `FunctionProcess` against the emulator, with this test executable itself as
-//! the function: run with `TESTKIT_FAKE_FUNCTION` set, its `fake_function`
-//! test becomes a Lambda runtime loop and every other test returns at once.
+//! the function: run with `TESTKIT_FAKE_FUNCTION` set and filtered to its
+//! `fake_function` test, it becomes a Lambda runtime loop.
 
 mod common;
 
@@ -90,7 +90,10 @@ fn spawn_fake(api: &RuntimeApi, envs: &[(&str, &str)]) -> FunctionProcess {
     let exe = std::env::current_exe().unwrap();
     let mut all = vec![(CHILD, "1")];
     all.extend_from_slice(envs);
-    FunctionProcess::spawn(&exe, api, &all).expect("spawn the fake function")
+    // Only the fake function, quietly: the harness's own progress lines would
+    // otherwise interleave with the function's output in the captured logs.
+    let args = ["fake_function", "--exact", "--quiet", "--test-threads=1"];
+    FunctionProcess::spawn_with_args(&exe, &args, api, &all).expect("spawn the fake function")
 }
 
 /// Waits for a captured line that starts with `wanted`.
