@@ -275,6 +275,15 @@ impl Stack {
         &self.svc.store
     }
 
+    /// The stored install; panics, naming it, when it is missing or unreadable.
+    pub async fn install(&self, id: &InstallId) -> Install {
+        match self.store().get(id).await {
+            Ok(Some(i)) => i,
+            Ok(None) => panic!("{id} is not stored"),
+            Err(e) => panic!("reading {id}: {e}"),
+        }
+    }
+
     /// Every item in the table, in key order: compare before and after to
     /// prove a request changed nothing.
     pub async fn items(&self) -> Vec<Item> {

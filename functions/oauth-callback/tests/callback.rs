@@ -79,12 +79,7 @@ async fn company_install_lands_encrypted_with_metadata() {
             .starts_with("text/html")
     );
 
-    let install = stack
-        .store()
-        .get(&InstallId::Company("co-1".into()))
-        .await
-        .unwrap()
-        .expect("install stored");
+    let install = stack.install(&InstallId::Company("co-1".into())).await;
     assert_eq!(install.state, InstallState::Active);
     assert_eq!(install.install_count, 1);
     assert_eq!(install.info.company_id.as_deref(), Some("co-1"));
@@ -133,12 +128,7 @@ async fn location_install_is_stored_under_the_location() {
     let a = get(&stack, &[("code", &code)]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.body.contains("sub-account") && a.body.contains("loc-9"));
-    let install = stack
-        .store()
-        .get(&InstallId::Location("loc-9".into()))
-        .await
-        .unwrap()
-        .expect("location install");
+    let install = stack.install(&InstallId::Location("loc-9".into())).await;
     assert_eq!(install.info.company_id.as_deref(), Some("co-2"));
     assert_eq!(install.info.location_id.as_deref(), Some("loc-9"));
     assert!(stack.sim.ledger().is_live(install.refresh_token.expose()));
@@ -269,12 +259,7 @@ async fn the_same_code_twice_exchanges_once_and_shows_the_same_page() {
         1,
         "HighLevel saw one exchange"
     );
-    let install = stack
-        .store()
-        .get(&InstallId::Company("co-6".into()))
-        .await
-        .unwrap()
-        .unwrap();
+    let install = stack.install(&InstallId::Company("co-6".into())).await;
     assert_eq!(install.install_count, 1);
     assert!(stack.sim.ledger().is_live(install.refresh_token.expose()));
     let mut logs = f1.logs();
@@ -289,13 +274,13 @@ async fn reinstall_replaces_tokens_and_keeps_identity() {
     let first = stack.consent_code(&company("co-7")).await;
     assert_eq!(get(&stack, &[("code", &first)]).await.status, 200);
     let id = InstallId::Company("co-7".into());
-    let one = stack.store().get(&id).await.unwrap().unwrap();
+    let one = stack.install(&id).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = stack.consent_code(&company("co-7")).await;
     let a = get(&stack, &[("code", &second)]).await;
     assert_eq!(a.status, 200);
     assert!(a.body.contains("App reinstalled"), "{}", a.body);
-    let two = stack.store().get(&id).await.unwrap().unwrap();
+    let two = stack.install(&id).await;
     assert_eq!(
         two.installed_at, one.installed_at,
         "first-install time kept"

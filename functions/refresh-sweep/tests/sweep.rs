@@ -65,7 +65,7 @@ async fn due_installs_are_refreshed_in_due_order_and_the_rest_left_alone() {
     let before_fresh = stack.seed_install(&fresh, "fresh", 86_399).await;
     let mut due_before = Vec::new();
     for id in &due {
-        let i = stack.store().get(id).await.unwrap().unwrap();
+        let i = stack.install(id).await;
         due_before.push((id.clone(), i.due_at.expect("seeded installs are due")));
     }
     let f = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "1")]);
@@ -89,13 +89,13 @@ async fn due_installs_are_refreshed_in_due_order_and_the_rest_left_alone() {
     let expected: Vec<String> = expected.into_iter().map(|(_, k)| k).collect();
     assert_eq!(order, expected, "HighLevel asked in due order");
     for id in &due {
-        let i = stack.store().get(id).await.unwrap().unwrap();
+        let i = stack.install(id).await;
         assert_eq!(i.refresh_count, 1);
         assert!(i.expires_at > now_secs() + 86_000);
         assert!(i.due_at.unwrap() > now_secs(), "no longer due");
         assert!(stack.sim.ledger().is_live(i.refresh_token.expose()));
     }
-    let after_fresh = stack.store().get(&fresh).await.unwrap().unwrap();
+    let after_fresh = stack.install(&fresh).await;
     assert_eq!(
         after_fresh.version, before_fresh.version,
         "not-due install untouched"
@@ -122,7 +122,7 @@ async fn two_sweeps_at_once_refresh_each_install_exactly_once() {
     let total = ra["refreshed"].as_u64().unwrap() + rb["refreshed"].as_u64().unwrap();
     assert_eq!(total, 150, "a: {ra}\nb: {rb}");
     for id in &ids {
-        let i = stack.store().get(id).await.unwrap().unwrap();
+        let i = stack.install(id).await;
         assert_eq!(
             i.refresh_count, 1,
             "{id} refreshed {} times",
@@ -158,7 +158,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     stack.sim.revoke(ghl_sim::UserType::Company, "gone");
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["revoked"], 1, "{s}");
-    let i = stack.store().get(&revoked).await.unwrap().unwrap();
+    let i = stack.install(&revoked).await;
     assert_eq!(i.state, InstallState::Revoked);
     assert!(
         i.state_reason.as_deref().unwrap().contains("Invalid grant"),
@@ -173,7 +173,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     stack.sim.set_location_active("sleepy", false);
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["suspended"], 1, "{s}");
-    let i = stack.store().get(&suspended).await.unwrap().unwrap();
+    let i = stack.install(&suspended).await;
     assert_eq!(i.state, InstallState::Suspended);
     assert!(
         i.due_at.unwrap() >= now_secs() + 6 * 3600 - 60,
@@ -187,10 +187,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     stack.make_due(&suspended).await;
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["refreshed"], 1, "{s}");
-    assert_eq!(
-        stack.store().get(&suspended).await.unwrap().unwrap().state,
-        InstallState::Active
-    );
+    assert_eq!(stack.install(&suspended).await.state, InstallState::Active);
 
     // 429 -> retrying, no sooner than HighLevel's interval; 5xx -> retrying with backoff.
     for (name, fault, min_wait) in [
@@ -202,7 +199,7 @@ async fn each_failure_class_ends_in_its_own_state() {
         stack.sim.push_fault(fault);
         let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
         assert_eq!(s["retrying"], 1, "{name}: {s}");
-        let i = stack.store().get(&id).await.unwrap().unwrap();
+        let i = stack.install(&id).await;
         assert_eq!(i.state, InstallState::Retrying, "{name}");
         assert_eq!(i.failures, 1);
         assert!(
@@ -216,7 +213,7 @@ async fn each_failure_class_ends_in_its_own_state() {
         stack.make_due(&id).await;
         let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
         assert_eq!(s["refreshed"], 1, "{name} recovers: {s}");
-        let i = stack.store().get(&id).await.unwrap().unwrap();
+        let i = stack.install(&id).await;
         assert_eq!((i.state, i.failures), (InstallState::Active, 0));
     }
 
@@ -226,7 +223,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     stack.sim.push_fault(Fault::Drop);
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["inDoubt"], 1, "{s}");
-    let i = stack.store().get(&dropped).await.unwrap().unwrap();
+    let i = stack.install(&dropped).await;
     assert_eq!(i.state, InstallState::InDoubt);
     assert!(i.due_at.is_none());
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
@@ -249,7 +246,7 @@ async fn each_failure_class_ends_in_its_own_state() {
         }
         other => panic!("expected a function error, got {other:?}"),
     }
-    let after = stack.store().get(&innocent).await.unwrap().unwrap();
+    let after = stack.install(&innocent).await;
     assert_eq!(
         (after.state, after.version, after.due_at),
         (InstallState::Active, before.version, before.due_at)
@@ -288,7 +285,7 @@ async fn the_run_stops_before_the_deadline_and_leaves_the_rest_due() {
     assert!((1..20).contains(&refreshed), "{s}");
     let mut still_due = 0;
     for id in &ids {
-        let i = stack.store().get(id).await.unwrap().unwrap();
+        let i = stack.install(id).await;
         if i.due_at.unwrap() <= now_secs() {
             still_due += 1;
             assert_eq!(i.refresh_count, 0);
@@ -328,7 +325,7 @@ async fn a_token_obtained_but_never_committed_is_recovered_not_burned() {
     let _f = stack.spawn("refresh-sweep", &[]);
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["recovered"], 1, "{s}");
-    let i = store.get(&id).await.unwrap().unwrap();
+    let i = stack.install(&id).await;
     assert_eq!(
         i.refresh_token, pair.refresh_token,
         "the journaled token was adopted"
@@ -357,7 +354,7 @@ async fn invalid_grant_looks_for_a_newer_token_before_revoking() {
     let _f = stack.spawn("refresh-sweep", &[]);
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["recovered"], 1, "{s}");
-    let i = stack.store().get(&id).await.unwrap().unwrap();
+    let i = stack.install(&id).await;
     assert_eq!(i.state, InstallState::Active);
     assert_eq!(i.refresh_token, pair.refresh_token);
 }
@@ -385,7 +382,7 @@ async fn the_fleet_breaker_stops_a_run_that_fails_the_same_way() {
     assert!((10..=11).contains(&revoked), "{s}");
     let mut active = 0;
     for id in &ids {
-        if stack.store().get(id).await.unwrap().unwrap().state == InstallState::Active {
+        if stack.install(id).await.state == InstallState::Active {
             active += 1;
         }
     }
@@ -426,10 +423,7 @@ async fn bulk_seeded_installs_match_saved_ones() {
     ] {
         assert_eq!(a.get(same), b.get(same), "{same}");
     }
-    let (sa, sb) = (
-        stack.store().get(&saved).await.unwrap().unwrap(),
-        stack.store().get(&bulk).await.unwrap().unwrap(),
-    );
+    let (sa, sb) = (stack.install(&saved).await, stack.install(&bulk).await);
     assert_eq!((sa.version, sa.state), (sb.version, sb.state));
     assert!(sb.due_at.is_some() && !sb.stale_key);
     assert!(stack.sim.ledger().is_live(sb.refresh_token.expose()));

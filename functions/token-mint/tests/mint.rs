@@ -47,12 +47,7 @@ async fn each_source_in_order_and_never_a_refresh_token() {
     assert!(minted["expiresAt"].as_str().unwrap().ends_with('Z'));
     assert!(minted.get("refreshToken").is_none() && !minted.to_string().contains("refresh"));
     // The minted grant is stored, encrypted, with its refresh token, for the sweep to keep alive.
-    let stored = stack
-        .store()
-        .get(&InstallId::Minted("loc-1".into()))
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stack.install(&InstallId::Minted("loc-1".into())).await;
     assert_eq!(
         stored.access_token.expose(),
         minted["accessToken"].as_str().unwrap()
@@ -78,7 +73,7 @@ async fn each_source_in_order_and_never_a_refresh_token() {
     .await
     .unwrap();
     assert_eq!(r["source"], "location-install", "{r}");
-    let i = stack.store().get(&own).await.unwrap().unwrap();
+    let i = stack.install(&own).await;
     assert_eq!(i.refresh_count, 1, "refreshed under the lease protocol");
     assert_eq!(r["accessToken"].as_str().unwrap(), i.access_token.expose());
     assert!(!stack.sim.counters().location_mints.contains_key("loc-2"));
@@ -184,7 +179,7 @@ async fn company_token_near_expiry_is_refreshed_once_while_a_sweep_runs() {
         .into_iter()
         .map(|r| r.expect("served"))
         .collect();
-    let after = stack.store().get(&company).await.unwrap().unwrap();
+    let after = stack.install(&company).await;
     assert_eq!(
         after.version,
         before.version + 1,
@@ -217,10 +212,7 @@ async fn a_lost_location_grant_heals_from_the_company() {
         .await
         .unwrap();
     assert_eq!(r["source"], "minted", "{r}");
-    assert_eq!(
-        stack.store().get(&own).await.unwrap().unwrap().state,
-        InstallState::Revoked
-    );
+    assert_eq!(stack.install(&own).await.state, InstallState::Revoked);
 }
 
 #[tokio::test(flavor = "multi_thread")]
