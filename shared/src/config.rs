@@ -159,6 +159,16 @@ pub struct DuePolicy {
     pub shards: u32,
 }
 
+/// Timeouts on every AWS SDK call, so a stalled DynamoDB or Secrets Manager
+/// request cannot outlive a lease or a Lambda deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct AwsTimeouts {
+    /// One HTTP attempt.
+    pub attempt: Duration,
+    /// The whole operation, retries included.
+    pub operation: Duration,
+}
+
 /// What every function needs.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
@@ -170,6 +180,29 @@ pub struct CommonConfig {
     /// request timeout, so a holder gives up on HighLevel before its lease
     /// can pass to someone else.
     pub lease: Duration,
+    /// A refresh whose outcome is unknown is presented again while its first
+    /// send is younger than this (HighLevel answers the same pair for the
+    /// same refresh token within 30 s). Zero: never re-presented at once.
+    pub represent_window: Duration,
+    pub aws: AwsTimeouts,
+}
+
+impl CommonConfig {
+    /// Time kept for the journal and commit writes after HighLevel answers.
+    pub fn write_reserve(&self) -> Duration {
+        self.aws.operation * 2
+    }
+
+    /// The least time a holder needs to present a refresh token once and
+    /// store the answer: nobody presents with less.
+    pub fn one_refresh(&self) -> Duration {
+        self.ghl.connect_timeout + self.ghl.request_timeout + self.write_reserve()
+    }
+
+    /// The most a refresh takes, re-presentations within the window included.
+    pub fn whole_refresh(&self) -> Duration {
+        self.represent_window + self.one_refresh()
+    }
 }
 
 pub const DEFAULT_GHL_API_BASE_URL: &str = "https://services.leadconnectorhq.com";
@@ -215,13 +248,46 @@ impl CommonConfig {
             120_000,
             "milliseconds, 200 to 120000",
         )?;
-        let lease_secs = env.number("LEASE_SECS", 60u64, 5, 900, "seconds, 5 to 900")?;
-        if Duration::from_secs(lease_secs) <= Duration::from_millis(request_ms + connect_ms) {
+        let window_ms = env.number(
+            "GHL_REPRESENT_WINDOW_MS",
+            25_000u64,
+            0,
+            29_000,
+            "milliseconds, 0 to 29000 (under HighLevel's 30 s same-token window)",
+        )?;
+        let attempt_ms = env.number(
+            "AWS_ATTEMPT_TIMEOUT_MS",
+            2_000u64,
+            100,
+            60_000,
+            "milliseconds, 100 to 60000",
+        )?;
+        let operation_ms = env.number(
+            "AWS_OPERATION_TIMEOUT_MS",
+            5_000u64,
+            100,
+            120_000,
+            "milliseconds, 100 to 120000, at least AWS_ATTEMPT_TIMEOUT_MS",
+        )?;
+        if operation_ms < attempt_ms {
+            return Err(ConfigError::Invalid {
+                var: "AWS_OPERATION_TIMEOUT_MS",
+                expected: "milliseconds, at least AWS_ATTEMPT_TIMEOUT_MS",
+                reason: format!(
+                    "{operation_ms} ms leaves no room for one {attempt_ms} ms attempt"
+                ),
+            });
+        }
+        let lease_secs = env.number("LEASE_SECS", 90u64, 5, 900, "seconds, 5 to 900")?;
+        // A holder must be able to present, re-present within the window and
+        // store the answer before anyone else may take the install.
+        let needed_ms = window_ms + connect_ms + request_ms + 2 * operation_ms;
+        if lease_secs * 1000 <= needed_ms {
             return Err(ConfigError::Invalid {
                 var: "LEASE_SECS",
-                expected: "seconds, longer than GHL_HTTP_TIMEOUT_MS + GHL_CONNECT_TIMEOUT_MS",
+                expected: "seconds, longer than GHL_REPRESENT_WINDOW_MS + GHL_CONNECT_TIMEOUT_MS + GHL_HTTP_TIMEOUT_MS + 2 x AWS_OPERATION_TIMEOUT_MS",
                 reason: format!(
-                    "a {lease_secs} s lease could expire while a {request_ms} ms HighLevel call is still in flight"
+                    "a {lease_secs} s lease could expire while a refresh ({needed_ms} ms at most) is still in flight or being stored"
                 ),
             });
         }
@@ -252,6 +318,11 @@ impl CommonConfig {
             },
             due,
             lease: Duration::from_secs(lease_secs),
+            represent_window: Duration::from_millis(window_ms),
+            aws: AwsTimeouts {
+                attempt: Duration::from_millis(attempt_ms),
+                operation: Duration::from_millis(operation_ms),
+            },
         })
     }
 }
@@ -483,6 +554,29 @@ mod tests {
         vars.insert("GHL_HTTP_TIMEOUT_MS".into(), "10000".into());
         let err = callback(&vars).unwrap_err();
         assert!(err.to_string().contains("LEASE_SECS"), "{err}");
+    }
+
+    #[test]
+    fn window_timeouts_and_lease_are_checked_against_each_other() {
+        let c = callback(&base()).unwrap();
+        assert_eq!(c.common.represent_window, Duration::from_secs(25));
+        assert!(c.common.lease > c.common.whole_refresh(), "defaults fit");
+        let mut vars = base();
+        vars.insert("GHL_REPRESENT_WINDOW_MS".into(), "29000".into());
+        vars.insert("LEASE_SECS".into(), "45".into());
+        let err = callback(&vars).unwrap_err().to_string();
+        assert!(
+            err.contains("LEASE_SECS") && err.contains("GHL_REPRESENT_WINDOW_MS"),
+            "{err}"
+        );
+        vars.insert("GHL_REPRESENT_WINDOW_MS".into(), "31000".into());
+        let err = callback(&vars).unwrap_err().to_string();
+        assert!(err.contains("GHL_REPRESENT_WINDOW_MS"), "{err}");
+        let mut vars = base();
+        vars.insert("AWS_ATTEMPT_TIMEOUT_MS".into(), "3000".into());
+        vars.insert("AWS_OPERATION_TIMEOUT_MS".into(), "1000".into());
+        let err = callback(&vars).unwrap_err().to_string();
+        assert!(err.contains("AWS_OPERATION_TIMEOUT_MS"), "{err}");
     }
 
     #[test]

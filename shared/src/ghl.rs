@@ -2,8 +2,9 @@
 //!
 //! Every failure becomes a typed [`GhlError`] that keeps HighLevel's message
 //! and `traceId`. The split that matters most is whether a refresh token may
-//! have been consumed: [`GhlError::is_ambiguous`] is true when the request
-//! left this process and no usable answer came back.
+//! have been consumed: [`GhlError::is_unknown_outcome`] is true when the
+//! request left this process and no usable answer came back (including a
+//! 5xx, which HighLevel may send after rotating).
 
 use crate::app_secret::AppSecret;
 use crate::config::GhlConfig;
@@ -18,6 +19,10 @@ use std::time::{Duration, Instant};
 pub const API_VERSION: &str = "2021-07-28";
 const USER_AGENT: &str = concat!("ghl-oauth-lambda/", env!("CARGO_PKG_VERSION"));
 const MAX_MESSAGE: usize = 300;
+/// The largest answer read from HighLevel. A token answer is about 2 KiB and
+/// a page of installed locations well under 100 KiB; anything bigger is not
+/// HighLevel's answer and is not buffered.
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum GhlError {
@@ -70,9 +75,15 @@ pub enum GhlError {
 }
 
 impl GhlError {
-    /// The request may have been processed and its answer lost.
-    pub fn is_ambiguous(&self) -> bool {
-        matches!(self, Self::Timeout | Self::ResponseLost(_))
+    /// The request may have been processed and its answer lost: a timeout
+    /// after sending, a broken or unreadable answer, or a 5xx (HighLevel may
+    /// answer 5xx after rotating). For a refresh this means the token's fate
+    /// is unknown, and presenting it again is the only way to learn it.
+    pub fn is_unknown_outcome(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::ResponseLost(_) | Self::Unavailable { .. }
+        )
     }
 
     /// Worth trying again later with the same inputs.
@@ -279,6 +290,29 @@ fn transport(err: reqwest::Error) -> GhlError {
     }
 }
 
+/// Reads an answer's body, at most [`MAX_BODY_BYTES`].
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, GhlError> {
+    let too_big = || {
+        GhlError::ResponseLost(format!(
+            "the answer is larger than {MAX_BODY_BYTES} bytes; not read"
+        ))
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -288,6 +322,18 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Names (never values) of the fields a token answer carried in an
+/// unexpected shape; the answer itself was kept.
+fn warn_odd(grant: &TokenGrant, op: &'static str) {
+    if !grant.odd_fields.is_empty() {
+        tracing::warn!(
+            op,
+            fields = ?grant.odd_fields,
+            "HighLevel's token answer had fields of an unexpected shape; they were dropped and the tokens kept"
+        );
+    }
 }
 
 impl GhlClient {
@@ -322,14 +368,16 @@ impl GhlClient {
                 .map_err(transport)?;
             let status = resp.status();
             let headers = resp.headers().clone();
-            let body = resp.bytes().await.map_err(transport)?;
+            let body = read_capped(resp).await?;
             if !status.is_success() {
                 return Err(classify(endpoint, status, &headers, &body));
             }
-            // A 200 we cannot read may still have rotated a token: ambiguous.
+            // A 200 we cannot read may still have rotated a token: its
+            // outcome is unknown. (Error texts name the position, never values.)
             serde_json::from_slice(&body).map_err(|e| {
                 GhlError::ResponseLost(format!(
-                    "{status} with an unreadable body (line {} column {})",
+                    "{status} with an unusable body ({:?} error at line {} column {})",
+                    e.classify(),
                     e.line(),
                     e.column()
                 ))
@@ -361,17 +409,32 @@ impl GhlClient {
             .http
             .post(format!("{}/oauth/token", self.base))
             .form(&form);
-        self.send(Endpoint::Token, "exchange_code", req).await
+        let grant: TokenGrant = self.send(Endpoint::Token, "exchange_code", req).await?;
+        warn_odd(&grant, "exchange_code");
+        Ok(grant)
     }
 
     /// `POST /oauth/token` with `grant_type=refresh_token`. The token is
     /// consumed by HighLevel whenever this returns Ok, and possibly when it
-    /// returns an ambiguous error.
+    /// returns an error whose outcome is unknown.
     pub async fn refresh(
         &self,
         app: &AppSecret,
         refresh_token: &SecretString,
         user_type: UserType,
+    ) -> Result<TokenGrant, GhlError> {
+        self.refresh_within(app, refresh_token, user_type, None)
+            .await
+    }
+
+    /// The same, with a whole-request timeout other than the client's (a
+    /// re-presentation waits as long as its budget allows).
+    pub async fn refresh_within(
+        &self,
+        app: &AppSecret,
+        refresh_token: &SecretString,
+        user_type: UserType,
+        timeout: Option<Duration>,
     ) -> Result<TokenGrant, GhlError> {
         let form = [
             ("client_id", app.client_id.as_str()),
@@ -380,11 +443,16 @@ impl GhlClient {
             ("refresh_token", refresh_token.expose()),
             ("user_type", user_type.as_str()),
         ];
-        let req = self
+        let mut req = self
             .http
             .post(format!("{}/oauth/token", self.base))
             .form(&form);
-        self.send(Endpoint::Token, "refresh", req).await
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let grant: TokenGrant = self.send(Endpoint::Token, "refresh", req).await?;
+        warn_odd(&grant, "refresh");
+        Ok(grant)
     }
 
     /// `POST /oauth/locationToken`: a location token from a company token.
@@ -400,7 +468,9 @@ impl GhlClient {
             .bearer_auth(company_token.expose())
             .header("Version", API_VERSION)
             .form(&[("companyId", company_id), ("locationId", location_id)]);
-        self.send(Endpoint::Bearer, "location_token", req).await
+        let grant: TokenGrant = self.send(Endpoint::Bearer, "location_token", req).await?;
+        warn_odd(&grant, "location_token");
+        Ok(grant)
     }
 
     /// One page of `GET /oauth/installedLocations`.
@@ -538,7 +608,7 @@ mod tests {
     fn server_errors_and_garbage_bodies() {
         let e = err(Endpoint::Token, 503, "<html>bad gateway</html>");
         assert!(matches!(e, GhlError::Unavailable { status: 503, .. }));
-        assert!(e.is_transient() && !e.is_ambiguous());
+        assert!(e.is_transient() && e.is_unknown_outcome());
         assert!(matches!(
             err(Endpoint::Token, 418, ""),
             GhlError::Rejected { status: 418, .. }

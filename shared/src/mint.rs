@@ -263,9 +263,12 @@ pub struct InstalledLocations {
 
 pub struct Minter<'a> {
     pub svc: &'a Services,
-    pub lease: Duration,
+    pub policy: &'a RefreshPolicy,
     pub owner: &'a str,
     pub app_id: Option<&'a str>,
+    /// The invocation's deadline less a reserve: no refresh token is
+    /// presented, and no location token minted, without time to store the answer.
+    pub deadline: Option<Instant>,
 }
 
 fn usable(i: &Install, min_validity: u64) -> bool {
@@ -276,30 +279,27 @@ fn usable(i: &Install, min_validity: u64) -> bool {
 }
 
 impl Minter<'_> {
-    fn refresher<'b>(
-        &'b self,
-        policy: &'b RefreshPolicy,
-        switch: &'b ReconnectSwitch,
-    ) -> Refresher<'b> {
+    fn refresher<'b>(&'b self, switch: &'b ReconnectSwitch) -> Refresher<'b> {
         Refresher {
             store: &self.svc.store,
             ghl: &self.svc.ghl,
             app: &self.svc.app,
-            policy,
+            policy: self.policy,
             owner: self.owner,
             reconnect: switch,
+            deadline: self.deadline,
+            first_answers: None,
         }
     }
 
     /// Returns a grant with more than `min_validity` left, refreshing it under
-    /// the shared protocol when needed. `None` when it cannot be made usable
-    /// (revoked, in doubt, missing).
+    /// the shared protocol when needed (the flag says it was refreshed
+    /// here). `None` when it cannot be made usable (revoked, lost, missing).
     async fn fresh_grant(
         &self,
         id: &InstallId,
         min_validity: u64,
-    ) -> Result<Option<Install>, MintError> {
-        let policy = RefreshPolicy::with_lease(self.lease);
+    ) -> Result<Option<(Install, bool)>, MintError> {
         let switch = ReconnectSwitch::default();
         let started = Instant::now();
         loop {
@@ -307,21 +307,32 @@ impl Minter<'_> {
                 return Ok(None);
             };
             if usable(&current, min_validity) {
-                return Ok(Some(current));
+                return Ok(Some((current, false)));
             }
             if !current.state.is_refreshable() {
                 return Ok(None);
             }
             let threshold = now_secs() + min_validity as i64 + 1;
             match self
-                .refresher(&policy, &switch)
+                .refresher(&switch)
                 .refresh(id, LeaseWhen::ExpiresBefore(threshold), None)
                 .await?
             {
-                Outcome::Refreshed(i) | Outcome::Recovered(i) | Outcome::NotNeeded(i)
-                    if usable(&i, min_validity) =>
-                {
-                    return Ok(Some(*i));
+                Outcome::Refreshed(i) | Outcome::Recovered(i) if usable(&i, min_validity) => {
+                    return Ok(Some((*i, true)));
+                }
+                Outcome::NotNeeded(i) if usable(&i, min_validity) => {
+                    return Ok(Some((*i, false)));
+                }
+                Outcome::Deferred => {
+                    return Err(MintError::UpstreamUnavailable(format!(
+                        "too little time is left in this invocation to refresh {id} and store the answer safely; retry"
+                    )));
+                }
+                Outcome::InDoubt { kind, .. } => {
+                    return Err(MintError::UpstreamUnavailable(format!(
+                        "HighLevel did not answer the refresh of {id} ({kind}); the token is presented again shortly; retry with backoff"
+                    )));
                 }
                 Outcome::Locked
                 | Outcome::NotNeeded(_)
@@ -352,7 +363,7 @@ impl Minter<'_> {
                     ));
                 }
                 Outcome::Revoked
-                | Outcome::InDoubt
+                | Outcome::Lost
                 | Outcome::Missing
                 | Outcome::Skipped(_)
                 | Outcome::Refreshed(_)
@@ -373,7 +384,7 @@ impl Minter<'_> {
             self.check_company(req, &cached)?;
             return Ok(MintResponse::from_install(&cached, loc, "cache"));
         }
-        if let Some(own) = self
+        if let Some((own, _)) = self
             .fresh_grant(&InstallId::Location(loc.clone()), min)
             .await?
         {
@@ -381,9 +392,10 @@ impl Minter<'_> {
             return Ok(MintResponse::from_install(&own, loc, "location-install"));
         }
         // A minted grant is a refreshable grant too: keep its chain alive if we can.
-        if let Some(minted) = self.fresh_grant(&minted_id, min).await? {
+        if let Some((minted, refreshed)) = self.fresh_grant(&minted_id, min).await? {
             self.check_company(req, &minted)?;
-            return Ok(MintResponse::from_install(&minted, loc, "cache"));
+            let source = if refreshed { "refreshed" } else { "cache" };
+            return Ok(MintResponse::from_install(&minted, loc, source));
         }
         let company_id = match &req.company_id {
             Some(c) => c.clone(),
@@ -440,11 +452,14 @@ impl Minter<'_> {
                     .unwrap_or("no reason recorded")
             )));
         }
-        self.fresh_grant(&id, COMPANY_MIN_VALIDITY as u64).await?.ok_or_else(|| {
-            MintError::NeedsReauthorization(format!(
-                "the agency grant for company {company_id} could not be refreshed; the agency must reinstall the app"
-            ))
-        })
+        self.fresh_grant(&id, COMPANY_MIN_VALIDITY as u64)
+            .await?
+            .map(|(grant, _)| grant)
+            .ok_or_else(|| {
+                MintError::NeedsReauthorization(format!(
+                    "the agency grant for company {company_id} could not be refreshed; the agency must reinstall the app"
+                ))
+            })
     }
 
     async fn mint_from_company(
@@ -459,10 +474,19 @@ impl Minter<'_> {
             if self
                 .svc
                 .store
-                .try_lock(&format!("mint#{loc}"), self.owner, self.lease)
+                .try_lock(&format!("mint#{loc}"), self.owner, self.policy.lease)
                 .await?
             {
-                let result = self.mint_locked(loc, company_id).await;
+                // Re-read under the lock: a minter that released it just
+                // before we took it has stored a token; one HighLevel call
+                // per burst, always.
+                let result = match self.svc.store.get(&minted_id).await {
+                    Ok(Some(i)) if usable(&i, min) => {
+                        Ok(MintResponse::from_install(&i, loc, "cache"))
+                    }
+                    Ok(_) => self.mint_locked(loc, company_id).await,
+                    Err(e) => Err(e.into()),
+                };
                 self.svc
                     .store
                     .unlock(&format!("mint#{loc}"), self.owner)
@@ -486,6 +510,15 @@ impl Minter<'_> {
 
     async fn mint_locked(&self, loc: &str, company_id: &str) -> Result<MintResponse, MintError> {
         let company = self.company_grant(company_id).await?;
+        // A minted grant nobody stores is a grant nobody keeps alive.
+        if self
+            .deadline
+            .is_some_and(|d| Instant::now() + self.policy.one_refresh() > d)
+        {
+            return Err(MintError::UpstreamUnavailable(format!(
+                "too little time is left in this invocation to mint a token for location {loc} and store it; retry"
+            )));
+        }
         let grant = self
             .svc
             .ghl
@@ -529,6 +562,32 @@ impl Minter<'_> {
         Ok(MintResponse::from_install(&stored, loc, "minted"))
     }
 
+    /// A stored minted grant that ended lost or revoked while its company
+    /// grant still works is minted again, so the location heals without
+    /// waiting for a caller. True when a new grant was stored.
+    pub async fn remint(&self, loc: &str) -> bool {
+        let company_id = match self.svc.store.get(&InstallId::Minted(loc.to_owned())).await {
+            Ok(Some(i)) => match i.info.company_id {
+                Some(c) => c,
+                None => return false,
+            },
+            _ => return false,
+        };
+        match self
+            .mint_from_company(loc, &company_id, DEFAULT_MIN_VALIDITY)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(install_id = %InstallId::Minted(loc.to_owned()), company_id, "minted location grant healed from its company grant");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(install_id = %InstallId::Minted(loc.to_owned()), company_id, error = e.error_type(), reason = %e, "minted location grant could not be minted again");
+                false
+            }
+        }
+    }
+
     pub async fn installed_locations(
         &self,
         company_id: &str,
@@ -561,6 +620,25 @@ impl Minter<'_> {
             }
         }
     }
+}
+
+/// The sweep's entry to [`Minter::remint`].
+pub async fn heal_minted(
+    svc: &Services,
+    loc: &str,
+    policy: &RefreshPolicy,
+    owner: &str,
+    deadline: Option<Instant>,
+) -> bool {
+    Minter {
+        svc,
+        policy,
+        owner,
+        app_id: None,
+        deadline,
+    }
+    .remint(loc)
+    .await
 }
 
 #[cfg(test)]

@@ -27,6 +27,17 @@ impl UserType {
             _ => None,
         }
     }
+
+    /// As HighLevel may spell it in an answer (`company`, `LOCATION`).
+    pub fn parse_loose(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("company") {
+            Some(Self::Company)
+        } else if s.eq_ignore_ascii_case("location") {
+            Some(Self::Location)
+        } else {
+            None
+        }
+    }
 }
 
 /// The identity of a stored grant. A location can hold two: its own OAuth
@@ -108,12 +119,20 @@ pub enum InstallState {
     Retrying,
     /// `Location is not active`: refresh token kept, retried after hours.
     Suspended,
-    /// `Invalid grant` with no newer token anywhere: the customer must reinstall.
+    /// `Invalid grant` for a token whose previous use we had confirmed (no
+    /// unknown outcome on record) and no newer token anywhere: HighLevel
+    /// revoked the grant (an uninstall or a revocation). Terminal.
     Revoked,
-    /// A refresh was sent and no answer came back: HighLevel may have rotated
-    /// the token. It is never presented again automatically, because a second
-    /// presentation of a rotated token is exactly what burns grants.
+    /// A refresh was sent and its outcome is unknown (timeout, dropped
+    /// connection, 5xx, unreadable answer) even after re-presenting it within
+    /// HighLevel's window. A waiting state: the sweep presents the token once
+    /// more later (a probe), which either recovers the grant or confirms it
+    /// lost. Presenting it again risks nothing: a spent token only earns
+    /// `Invalid grant`.
     InDoubt,
+    /// `Invalid grant` after an unknown outcome: HighLevel rotated the token
+    /// and the answer carrying the new pair never arrived. Terminal.
+    Lost,
 }
 
 impl InstallState {
@@ -124,58 +143,179 @@ impl InstallState {
             Self::Suspended => "suspended",
             Self::Revoked => "revoked",
             Self::InDoubt => "in_doubt",
+            Self::Lost => "lost",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Active,
-            Self::Retrying,
-            Self::Suspended,
-            Self::Revoked,
-            Self::InDoubt,
-        ]
-        .into_iter()
+        Self::ALL
+            .into_iter()
         .find(|st| st.as_str() == s)
     }
 
-    /// States the sweep keeps refreshing.
+    /// States whose refresh token is still presented: on schedule, after a
+    /// backoff, or as a probe (`in_doubt`).
     pub fn is_refreshable(self) -> bool {
-        matches!(self, Self::Active | Self::Retrying | Self::Suspended)
+        !self.is_terminal()
     }
+
+    /// States that only a reinstall leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Revoked | Self::Lost)
+    }
+
+    /// Every state, for tables and metrics.
+    pub const ALL: [InstallState; 6] = [
+        Self::Active,
+        Self::Retrying,
+        Self::Suspended,
+        Self::InDoubt,
+        Self::Revoked,
+        Self::Lost,
+    ];
 }
 
 /// What HighLevel returns from `/oauth/token` or `/oauth/locationToken`.
-/// Unknown fields are ignored: HighLevel adds fields over time.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Read tolerantly: a 200 may carry a freshly rotated refresh token, and
+/// throwing that answer away because one metadata field has an unexpected
+/// shape would lose the grant. Only the access token is required; the
+/// refresh token is checked by the callers that need it; a missing or odd
+/// expiry is replaced by a short one (refreshed soon, never lost); every
+/// other field is optional, unknown values kept as text where they are
+/// scalars and dropped with a warning otherwise. Unknown fields are ignored.
+#[derive(Debug, Clone)]
 pub struct TokenGrant {
-    #[serde(rename = "access_token")]
     pub access_token: SecretString,
-    #[serde(rename = "refresh_token", default)]
     pub refresh_token: Option<SecretString>,
-    #[serde(rename = "expires_in")]
     pub expires_in: u64,
-    #[serde(default)]
     pub scope: Option<String>,
-    #[serde(default)]
     pub user_type: Option<UserType>,
-    #[serde(default)]
     pub company_id: Option<String>,
-    #[serde(default)]
     pub location_id: Option<String>,
-    #[serde(default)]
     pub user_id: Option<String>,
-    #[serde(default)]
     pub plan_id: Option<String>,
-    #[serde(default)]
     pub is_bulk_installation: Option<bool>,
-    #[serde(default)]
     pub approved_locations: Option<Vec<String>>,
-    #[serde(default)]
     pub install_to_future_locations: Option<bool>,
-    #[serde(default)]
     pub approve_all_locations: Option<bool>,
+    /// Fields that were present with a value of an unexpected shape and were
+    /// dropped (names only, never values).
+    pub odd_fields: Vec<&'static str>,
+}
+
+/// Assumed lifetime of an access token whose answer carried no readable
+/// expiry: short, so the grant is refreshed again soon instead of trusted for a day.
+pub const ASSUMED_EXPIRES_IN: u64 = 3_600;
+
+impl TokenGrant {
+    /// Reads a token answer. Fails only without an access token.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, &'static str> {
+        use serde_json::Value;
+        let obj = v.as_object().ok_or("the answer is not a JSON object")?;
+        let mut odd = Vec::new();
+        let secret = |k: &str| match obj.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(SecretString::new(s.clone())),
+            _ => None,
+        };
+        let access_token = secret("access_token").ok_or("the answer carries no access_token")?;
+        let refresh_token = secret("refresh_token");
+        let expires_in = match obj.get("expires_in") {
+            Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+            Some(Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        }
+        .filter(|&e| e > 0)
+        .unwrap_or_else(|| {
+            odd.push("expires_in");
+            ASSUMED_EXPIRES_IN
+        });
+        // Scalars become text (an id sent as a number is still the id).
+        let mut text = |k: &'static str| match obj.get(k) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Some(_) => {
+                odd.push(k);
+                None
+            }
+        };
+        let scope = text("scope");
+        let user_type_text = text("userType");
+        let company_id = text("companyId");
+        let location_id = text("locationId");
+        let user_id = text("userId");
+        let plan_id = text("planId");
+        let mut flag = |k: &'static str| match obj.get(k) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Some(true),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Some(false),
+            Some(_) => {
+                odd.push(k);
+                None
+            }
+        };
+        let is_bulk_installation = flag("isBulkInstallation");
+        let install_to_future_locations = flag("installToFutureLocations");
+        let approve_all_locations = flag("approveAllLocations");
+        let approved_locations = match obj.get("approvedLocations") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Some(Value::String(s)) if !s.is_empty() => Some(vec![s.clone()]),
+            Some(_) => {
+                odd.push("approvedLocations");
+                None
+            }
+        };
+        let user_type = user_type_text.as_deref().and_then(|t| {
+            let parsed = UserType::parse_loose(t);
+            if parsed.is_none() {
+                odd.push("userType");
+            }
+            parsed
+        });
+        Ok(Self {
+            access_token,
+            refresh_token,
+            expires_in,
+            scope,
+            user_type,
+            company_id,
+            location_id,
+            user_id,
+            plan_id,
+            is_bulk_installation,
+            approved_locations,
+            install_to_future_locations,
+            approve_all_locations,
+            odd_fields: odd,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenGrant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Self::from_json(&v).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Metadata HighLevel sends with a grant; readable in the table, never secret.
@@ -266,8 +406,40 @@ mod tests {
     }
 
     #[test]
+    fn odd_metadata_never_costs_the_pair() {
+        let body = r#"{"access_token":"eyJ.a.b","refresh_token":"rt-2","expires_in":"86399",
+            "userType":"company","companyId":12345,"isBulkInstallation":"false",
+            "approvedLocations":"loc-1","planId":null,"scope":["a","b"],"userId":{"x":1},
+            "nested":{"deep":[1,2]}}"#;
+        let g: TokenGrant = serde_json::from_str(body).unwrap();
+        assert_eq!(g.refresh_token.as_ref().map(|t| t.expose()), Some("rt-2"));
+        assert_eq!(g.expires_in, 86_399);
+        assert_eq!(g.user_type, Some(UserType::Company));
+        assert_eq!(g.company_id.as_deref(), Some("12345"));
+        assert_eq!(g.is_bulk_installation, Some(false));
+        assert_eq!(g.approved_locations, Some(vec!["loc-1".to_string()]));
+        assert_eq!(g.scope.as_deref(), Some("a b"));
+        assert_eq!(g.plan_id, None);
+        assert_eq!(g.user_id, None);
+        assert_eq!(g.odd_fields, vec!["userId"]);
+    }
+
+    #[test]
+    fn a_missing_expiry_is_assumed_short_and_a_missing_access_token_fails() {
+        let g: TokenGrant =
+            serde_json::from_str(r#"{"access_token":"a","refresh_token":"r","userType":"Agency"}"#)
+                .unwrap();
+        assert_eq!(g.expires_in, ASSUMED_EXPIRES_IN);
+        assert_eq!(g.user_type, None);
+        assert_eq!(g.odd_fields, vec!["expires_in", "userType"]);
+        let err = serde_json::from_str::<TokenGrant>(r#"{"refresh_token":"r"}"#).unwrap_err();
+        assert!(err.to_string().contains("no access_token"), "{err}");
+        assert!(serde_json::from_str::<TokenGrant>("[1]").is_err());
+    }
+
+    #[test]
     fn states_round_trip() {
-        for s in ["active", "retrying", "suspended", "revoked", "in_doubt"] {
+        for s in ["active", "retrying", "suspended", "revoked", "in_doubt", "lost"] {
             assert_eq!(InstallState::parse(s).unwrap().as_str(), s);
         }
         assert!(InstallState::parse("gone").is_none());

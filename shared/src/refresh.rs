@@ -1,29 +1,47 @@
-//! Refreshing one install without ever burning or losing a refresh token.
+//! Refreshing one install so that no grant HighLevel still holds is given up.
 //!
 //! The protocol, shared by the sweep and the mint:
-//! 1. Take the install's lease (conditional write: free or expired, and still
-//!    due). The old item comes back with it: that is the re-read.
+//! 1. Take the install's lease (conditional write: free, expired, or our own
+//!    retried write; and still due). The lease token is unique to this
+//!    taking. The old item comes back with it: that is the re-read.
 //! 2. If the previous holder's lease ran out mid-refresh, look in the journal
-//!    for the pair it obtained. Found: adopt it. Not found: the token may have
-//!    been presented already, so it is not presented again (`in_doubt`).
-//! 3. Present the refresh token once. HighLevel's request timeout is shorter
-//!    than the lease, so no one else can take the install while it is in flight.
+//!    for the pair it obtained and adopt it. Not found: it may have presented
+//!    the token and died, so the token's fate is unknown (doubt) and it is
+//!    presented again below: a probe.
+//! 3. Present the refresh token. When the outcome is unknown (sent and timed
+//!    out, answer cut off or unreadable, 5xx, a 200 without a refresh token),
+//!    present it again at once, with short backoff, while the first send is
+//!    younger than the window and the lease and deadline leave time to store
+//!    the answer. HighLevel answers the same pair for the same token within
+//!    30 s, and a spent token only earns `Invalid grant`: presenting again
+//!    can only recover a pair, never cost one.
 //! 4. On success, write the new pair to the journal first, then commit it to
 //!    the install conditioned on the version (the fencing token). Either write
 //!    is retried; if the commit never lands, the journal entry is adopted later.
-//! 5. On `Invalid grant`, look for a newer pair (row or journal) before
-//!    declaring the grant revoked.
+//! 5. On `Invalid grant`, look for a newer pair (journal, then row). None:
+//!    `lost` when the token's fate was in doubt (HighLevel rotated it and the
+//!    answer never arrived), `revoked` when its previous use was confirmed.
+//! 6. Still unknown when the window closes: `in_doubt`, kept in the due index
+//!    so the next holder probes it.
+//! 7. A path that did not present the token never leaves its lease behind.
 
 use crate::app_secret::AppSecret;
+use crate::config::CommonConfig;
 use crate::ghl::{GhlClient, GhlError, ReconnectTarget};
 use crate::model::{InstallId, InstallState, TokenGrant, TokenPair, now_millis, now_secs};
 use crate::store::{Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreError};
 use rand::Rng;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
-/// How a refresh failure is handled; see [`crate::config::SweepConfig`].
+/// A re-presentation is not started with less time than this left to wait
+/// for its answer.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+const FIRST_REPRESENT_DELAY: Duration = Duration::from_millis(200);
+const MAX_REPRESENT_DELAY: Duration = Duration::from_secs(2);
+
+/// How a refresh is run and its failures handled; see [`crate::config`].
 #[derive(Debug, Clone)]
 pub struct RefreshPolicy {
     pub lease: Duration,
@@ -31,18 +49,35 @@ pub struct RefreshPolicy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub reconnect_fallback: bool,
+    /// Re-present an unknown outcome while the first send is younger than this.
+    pub represent_window: Duration,
+    pub connect_timeout: Duration,
+    /// The first presentation's whole-request timeout (the client's).
+    pub request_timeout: Duration,
+    /// Time kept for the journal and commit writes after an answer.
+    pub write_reserve: Duration,
 }
 
 impl RefreshPolicy {
-    /// For callers without sweep settings (the mint): conservative defaults.
-    pub fn with_lease(lease: Duration) -> Self {
+    /// The common settings; callers without sweep settings (the mint) keep
+    /// the conservative defaults for the rest.
+    pub fn new(common: &CommonConfig) -> Self {
         Self {
-            lease,
+            lease: common.lease,
             suspended_retry: Duration::from_secs(6 * 3600),
             backoff_base: Duration::from_secs(60),
             backoff_max: Duration::from_secs(3600),
             reconnect_fallback: false,
+            represent_window: common.represent_window,
+            connect_timeout: common.ghl.connect_timeout,
+            request_timeout: common.ghl.request_timeout,
+            write_reserve: common.write_reserve(),
         }
+    }
+
+    /// The least time one presentation and its writes need.
+    pub fn one_refresh(&self) -> Duration {
+        self.connect_timeout + self.request_timeout + self.write_reserve
     }
 }
 
@@ -50,21 +85,33 @@ impl RefreshPolicy {
 #[derive(Debug)]
 pub enum Outcome {
     Refreshed(Box<Install>),
-    /// A pair an earlier holder obtained and never committed was adopted.
+    /// The grant came back from doubt: a journaled pair an earlier holder
+    /// never committed was adopted, or a probe (or re-presentation) of a
+    /// token whose outcome was unknown got a pair.
     Recovered(Box<Install>),
     /// Someone else refreshed it first, or it is not due.
     NotNeeded(Box<Install>),
     Locked,
     Missing,
-    /// Revoked or in doubt already: left alone.
+    /// Revoked or lost already: left alone.
     Skipped(InstallState),
+    /// Not enough time left before the deadline to present the token and
+    /// store the answer; nothing was changed.
+    Deferred,
     Revoked,
+    /// `Invalid grant` after an unknown outcome: HighLevel rotated the token
+    /// and the answer never arrived.
+    Lost,
     Suspended,
     Retrying {
         kind: &'static str,
         retry_at: i64,
     },
-    InDoubt,
+    /// The outcome is still unknown; the install waits for a probe.
+    InDoubt {
+        kind: &'static str,
+        retry_at: i64,
+    },
     /// The install was replaced (reinstall) while this refresh was in flight;
     /// the pair it obtained stays in the journal, superseded.
     Superseded,
@@ -83,10 +130,12 @@ impl Outcome {
             Self::Locked => "locked",
             Self::Missing => "missing",
             Self::Skipped(_) => "skipped",
+            Self::Deferred => "deferred",
             Self::Revoked => "revoked",
+            Self::Lost => "lost",
             Self::Suspended => "suspended",
             Self::Retrying { .. } => "retrying",
-            Self::InDoubt => "in_doubt",
+            Self::InDoubt { .. } => "in_doubt",
             Self::Superseded => "superseded",
             Self::Journaled => "journaled",
         }
@@ -101,10 +150,11 @@ pub enum RefreshError {
     InvalidClient(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The new pair could be written nowhere. Logged as an alarm; the
-    /// install will be found in doubt by the next holder.
+    /// The new pair could be written nowhere. Logged as an alarm; the next
+    /// holder finds the lease abandoned and probes the old token, which
+    /// HighLevel's window may still answer with the same pair.
     #[error("a rotated token for {0} could not be stored anywhere")]
-    Lost(String),
+    Unstored(String),
 }
 
 /// Shared per-run switch: once HighLevel says reconnect is gone, stop asking.
@@ -119,6 +169,32 @@ impl ReconnectSwitch {
     }
 }
 
+/// First presentations of a run and how many had an unknown outcome, counted
+/// as they happen (not when the whole refresh ends), so the sweep stops
+/// taking work as soon as HighLevel stops answering in time.
+#[derive(Debug, Default)]
+pub struct FirstAnswers {
+    sent: AtomicU32,
+    unknown: AtomicU32,
+}
+
+impl FirstAnswers {
+    fn record(&self, unknown: bool) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if unknown {
+            self.unknown.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (first presentations answered, of which unknown).
+    pub fn counts(&self) -> (u32, u32) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.unknown.load(Ordering::Relaxed),
+        )
+    }
+}
+
 pub struct Refresher<'a> {
     pub store: &'a Store,
     pub ghl: &'a GhlClient,
@@ -126,6 +202,10 @@ pub struct Refresher<'a> {
     pub policy: &'a RefreshPolicy,
     pub owner: &'a str,
     pub reconnect: &'a ReconnectSwitch,
+    /// No presentation starts unless its answer can be stored before this
+    /// (the invocation's deadline less its reserve). None: the lease alone bounds it.
+    pub deadline: Option<Instant>,
+    pub first_answers: Option<&'a FirstAnswers>,
 }
 
 /// Exponential backoff with full jitter on the upper half, so a fleet
@@ -147,6 +227,24 @@ fn pair_from(grant: &TokenGrant) -> Option<TokenPair> {
     })
 }
 
+/// How HighLevel answered a presentation, re-presentations included.
+enum Answer {
+    Pair(Box<TokenGrant>, TokenPair),
+    /// A definite answer: the token was refused, or not looked at.
+    Refused(GhlError),
+    /// Still unknown when the window or the budget ran out.
+    Unknown(GhlError),
+}
+
+struct Presentation {
+    answer: Answer,
+    /// When the first send of this refresh left (epoch ms).
+    first_sent_ms: i64,
+    /// Whether any attempt had an unknown outcome.
+    unknown_seen: bool,
+    attempts: u32,
+}
+
 impl Refresher<'_> {
     /// `slot` is one of the sweep's HighLevel slots (SWEEP_CONCURRENCY), or
     /// None outside a sweep. It is held from taking the lease until HighLevel
@@ -158,7 +256,10 @@ impl Refresher<'_> {
         when: LeaseWhen,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Outcome, RefreshError> {
-        let install = match self
+        if !self.time_for(self.policy.one_refresh()) {
+            return Ok(Outcome::Deferred);
+        }
+        let (install, abandoned) = match self
             .store
             .acquire_lease(id, self.owner, self.policy.lease, when)
             .await?
@@ -172,74 +273,200 @@ impl Refresher<'_> {
                     Outcome::Skipped(install.state)
                 });
             }
-            LeaseOutcome::Acquired { install, abandoned } => {
-                if abandoned {
-                    return self.after_abandoned(*install).await;
-                }
-                *install
-            }
+            LeaseOutcome::Acquired { install, abandoned } => (*install, abandoned),
         };
+        let presented = AtomicBool::new(false);
+        let result = self.holding(&install, abandoned, slot, &presented).await;
+        if result.is_err() && !presented.load(Ordering::Relaxed) {
+            // Nothing went to HighLevel: give the install back as it was.
+            if let Err(e) = self.store.release(&install).await {
+                tracing::error!(install_id = %id, error = %e, "lease release after an error failed; it expires on its own");
+            }
+        }
+        result
+    }
+
+    /// Whether `need` fits before the deadline.
+    fn time_for(&self, need: Duration) -> bool {
+        self.deadline
+            .is_none_or(|d| Instant::now() + need <= d)
+    }
+
+    /// The last moment an answer may arrive and still be stored: the lease
+    /// and the deadline, less the writes.
+    fn budget_end(&self, install: &Install) -> Instant {
+        let now = Instant::now();
+        let lease_left = install.lease_until_ms.unwrap_or(0) - now_millis();
+        let by_lease = now + Duration::from_millis(lease_left.max(0) as u64);
+        let end = match self.deadline {
+            Some(d) => by_lease.min(d),
+            None => by_lease,
+        };
+        end.checked_sub(self.policy.write_reserve).unwrap_or(now)
+    }
+
+    async fn holding(
+        &self,
+        install: &Install,
+        abandoned: bool,
+        slot: Option<OwnedSemaphorePermit>,
+        presented: &AtomicBool,
+    ) -> Result<Outcome, RefreshError> {
+        let mut doubt = install.doubt_since_ms;
+        if abandoned {
+            // The previous holder's lease expired without a release: it may
+            // have obtained a pair (journal) or presented the token and died.
+            if let Some(entry) = self
+                .store
+                .newer_journal(&install.id, install.version)
+                .await?
+            {
+                return self.adopt(install, entry.version, entry.pair).await;
+            }
+            doubt = doubt.or(Some(now_millis()));
+        }
         if !install.state.is_refreshable() {
-            self.store.release_lease(id, self.owner).await?;
+            self.store.release(install).await?;
             return Ok(Outcome::Skipped(install.state));
         }
-        let result = self
-            .ghl
-            .refresh(self.app, &install.refresh_token, id.user_type())
-            .await;
+        presented.store(true, Ordering::Relaxed);
+        let p = self.present(install).await;
         drop(slot);
-        match result {
-            Ok(grant) => match pair_from(&grant) {
-                Some(pair) => {
-                    self.persist(&install, pair, Some(&grant), "refreshed")
-                        .await
+        if p.unknown_seen {
+            doubt = doubt.or(Some(p.first_sent_ms));
+        }
+        match p.answer {
+            Answer::Pair(grant, pair) => {
+                if doubt.is_some() {
+                    tracing::info!(install_id = %install.id, attempts = p.attempts, "a refresh whose outcome was unknown got its pair");
                 }
-                None => {
-                    self.mark(
-                        &install,
-                        InstallState::InDoubt,
-                        "HighLevel's refresh answer carried no refresh token",
-                        None,
-                        install.failures,
-                    )
-                    .await?;
-                    Ok(Outcome::InDoubt)
-                }
-            },
-            Err(err) => self.on_error(install, err).await,
+                let reason = if doubt.is_some() {
+                    "recovered: the refresh token was presented again after an unknown outcome"
+                } else {
+                    "refreshed"
+                };
+                let outcome = self.persist(install, pair, Some(&grant), reason).await?;
+                Ok(match outcome {
+                    Outcome::Refreshed(i) if doubt.is_some() => Outcome::Recovered(i),
+                    o => o,
+                })
+            }
+            Answer::Unknown(e) => {
+                let failures = install.failures.saturating_add(1);
+                let wait = backoff(self.policy, failures, Duration::ZERO);
+                let retry_at = now_secs() + wait.as_secs().max(1) as i64;
+                let reason = format!(
+                    "the refresh was sent and {e} ({} attempts in the window); the token is probed again in {} s",
+                    p.attempts,
+                    wait.as_secs()
+                );
+                self.mark(
+                    install,
+                    &StateChange {
+                        state: InstallState::InDoubt,
+                        reason: &reason,
+                        due_at: Some(retry_at),
+                        failures,
+                        doubt_since_ms: doubt,
+                    },
+                )
+                .await?;
+                Ok(Outcome::InDoubt {
+                    kind: e.kind(),
+                    retry_at,
+                })
+            }
+            Answer::Refused(e) => self.on_refused(install, e, doubt).await,
         }
     }
 
-    /// The previous holder's lease expired without a release: it may have
-    /// obtained a new pair (journal) or presented the token and died.
-    async fn after_abandoned(&self, install: Install) -> Result<Outcome, RefreshError> {
-        if let Some(entry) = self
-            .store
-            .newer_journal(&install.id, install.version)
-            .await?
-        {
-            return self.adopt(&install, entry.version, entry.pair).await;
+    /// Presents the refresh token, and again while its outcome is unknown and
+    /// the window, lease and deadline allow. The first attempt uses the
+    /// client's timeout; each re-presentation waits as long as the budget
+    /// allows, since an answer slower than the timeout is still the answer.
+    async fn present(&self, install: &Install) -> Presentation {
+        let first_sent_ms = now_millis();
+        let window_end = Instant::now() + self.policy.represent_window;
+        let budget_end = self.budget_end(install);
+        let mut timeout = None;
+        let mut delay = FIRST_REPRESENT_DELAY;
+        let mut unknown_seen = false;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = self
+                .ghl
+                .refresh_within(
+                    self.app,
+                    &install.refresh_token,
+                    install.id.user_type(),
+                    timeout,
+                )
+                .await;
+            let err = match result {
+                Ok(grant) => match pair_from(&grant) {
+                    Some(pair) => {
+                        if attempts == 1 {
+                            self.first_answer(false);
+                        }
+                        return Presentation {
+                            answer: Answer::Pair(Box::new(grant), pair),
+                            first_sent_ms,
+                            unknown_seen,
+                            attempts,
+                        };
+                    }
+                    None => GhlError::ResponseLost("a 200 answer without a refresh_token".into()),
+                },
+                Err(e) => e,
+            };
+            let unknown = err.is_unknown_outcome();
+            if attempts == 1 {
+                self.first_answer(unknown);
+            }
+            if !unknown {
+                return Presentation {
+                    answer: Answer::Refused(err),
+                    first_sent_ms,
+                    unknown_seen,
+                    attempts,
+                };
+            }
+            unknown_seen = true;
+            let next = Instant::now() + delay;
+            let left = budget_end.saturating_duration_since(next);
+            if next >= window_end || left < MIN_ATTEMPT {
+                return Presentation {
+                    answer: Answer::Unknown(err),
+                    first_sent_ms,
+                    unknown_seen,
+                    attempts,
+                };
+            }
+            tracing::warn!(
+                install_id = %install.id,
+                attempt = attempts,
+                error = err.kind(),
+                wait_ms = left.as_millis() as u64,
+                "refresh outcome unknown; presenting the same token again within HighLevel's window"
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_REPRESENT_DELAY);
+            timeout = Some(left);
         }
-        if !install.state.is_refreshable() {
-            self.store.release_lease(&install.id, self.owner).await?;
-            return Ok(Outcome::Skipped(install.state));
+    }
+
+    fn first_answer(&self, unknown: bool) {
+        if let Some(f) = self.first_answers {
+            f.record(unknown);
         }
-        self.mark(
-            &install,
-            InstallState::InDoubt,
-            "a refresh was interrupted (its holder's lease expired) and left no new token; the refresh token may already be used, so it is not presented again",
-            None,
-            install.failures,
-        )
-        .await?;
-        Ok(Outcome::InDoubt)
     }
 
     async fn adopt(
         &self,
         install: &Install,
         journal_version: u64,
-        pair: crate::model::TokenPair,
+        pair: TokenPair,
     ) -> Result<Outcome, RefreshError> {
         // Journal entries are keyed by the version they become.
         let (from, to) = (install.version, journal_version.max(install.version + 1));
@@ -254,10 +481,11 @@ impl Refresher<'_> {
             adopted.expires_at = pair.expires_at;
             adopted.version = to;
             adopted.state = InstallState::Active;
+            adopted.doubt_since_ms = None;
             tracing::info!(install_id = %install.id, version = to, "adopted a journaled token pair");
             return Ok(Outcome::Recovered(Box::new(adopted)));
         }
-        self.store.release_lease(&install.id, self.owner).await?;
+        self.store.release(install).await?;
         Ok(Outcome::Superseded)
     }
 
@@ -299,6 +527,7 @@ impl Refresher<'_> {
                 updated.expires_at = pair.expires_at;
                 updated.version = install.version + 1;
                 updated.state = InstallState::Active;
+                updated.doubt_since_ms = None;
                 Ok(Outcome::Refreshed(Box::new(updated)))
             }
             Ok(false) => {
@@ -308,7 +537,10 @@ impl Refresher<'_> {
                     Some(c) if c.refresh_token == pair.refresh_token => {
                         Ok(Outcome::Refreshed(Box::new(c)))
                     }
-                    _ => Ok(Outcome::Superseded),
+                    _ => {
+                        self.store.release(install).await?;
+                        Ok(Outcome::Superseded)
+                    }
                 }
             }
             Err(e) if journaled.is_ok() => {
@@ -316,70 +548,101 @@ impl Refresher<'_> {
                 Ok(Outcome::Journaled)
             }
             Err(e) => {
-                tracing::error!(install_id = %id, error = %e, alarm = true, "rotated token could not be stored");
-                Err(RefreshError::Lost(id.to_string()))
+                tracing::error!(install_id = %id, error = %e, alarm = true, "rotated token could not be stored; the next holder probes the old one");
+                Err(RefreshError::Unstored(id.to_string()))
             }
         }
     }
 
-    async fn on_error(&self, install: Install, err: GhlError) -> Result<Outcome, RefreshError> {
+    /// A definite answer other than a pair. `doubt` is set when this token's
+    /// fate was unknown at some point (now or in an earlier run).
+    async fn on_refused(
+        &self,
+        install: &Install,
+        err: GhlError,
+        doubt: Option<i64>,
+    ) -> Result<Outcome, RefreshError> {
         let id = &install.id;
         let now = now_secs();
         match err {
             GhlError::InvalidGrant { ref message, .. } => {
-                // Someone may hold a newer token: the row (re-read) or the journal.
+                // Someone may hold a newer token: the journal, or the row (re-read).
                 if let Some(entry) = self.store.newer_journal(id, install.version).await? {
-                    return self.adopt(&install, entry.version, entry.pair).await;
+                    return self.adopt(install, entry.version, entry.pair).await;
                 }
                 if let Some(current) = self.store.get(id).await?
                     && current.version > install.version
                 {
-                    self.store.release_lease(id, self.owner).await?;
+                    self.store.release(install).await?;
                     return Ok(Outcome::NotNeeded(Box::new(current)));
                 }
-                if let Some(outcome) = self.try_reconnect(&install).await? {
+                if let Some(outcome) = self.try_reconnect(install).await? {
                     return Ok(outcome);
                 }
-                let reason = format!("HighLevel: {message}; the customer must reinstall the app");
+                let (state, reason, outcome) = if doubt.is_some() {
+                    (
+                        InstallState::Lost,
+                        format!(
+                            "HighLevel: {message}, after an earlier presentation of this token had an unknown outcome: HighLevel rotated it and the answer never arrived; the customer must reinstall"
+                        ),
+                        Outcome::Lost,
+                    )
+                } else {
+                    (
+                        InstallState::Revoked,
+                        format!(
+                            "HighLevel: {message}; the grant was revoked (uninstalled or refused); the customer must reinstall the app"
+                        ),
+                        Outcome::Revoked,
+                    )
+                };
                 self.mark(
-                    &install,
-                    InstallState::Revoked,
-                    &reason,
-                    None,
-                    install.failures,
+                    install,
+                    &StateChange {
+                        state,
+                        reason: &reason,
+                        due_at: None,
+                        failures: install.failures,
+                        doubt_since_ms: doubt,
+                    },
                 )
                 .await?;
-                Ok(Outcome::Revoked)
+                Ok(outcome)
             }
             GhlError::LocationNotActive { .. } => {
                 let retry = now + self.policy.suspended_retry.as_secs() as i64;
                 self.mark(
-                    &install,
-                    InstallState::Suspended,
-                    "HighLevel: Location is not active; the refresh token is kept and retried",
-                    Some(retry),
-                    install.failures,
+                    install,
+                    &StateChange {
+                        state: InstallState::Suspended,
+                        reason: "HighLevel: Location is not active; the refresh token is kept and retried",
+                        due_at: Some(retry),
+                        failures: install.failures,
+                        doubt_since_ms: doubt,
+                    },
                 )
                 .await?;
                 Ok(Outcome::Suspended)
             }
             GhlError::InvalidClient { message } => {
-                self.store.release_lease(id, self.owner).await?;
+                if doubt != install.doubt_since_ms {
+                    // An earlier attempt's outcome is unknown: keep that on record.
+                    let retry_at = now + self.policy.backoff_base.as_secs() as i64;
+                    self.mark(
+                        install,
+                        &StateChange {
+                            state: InstallState::InDoubt,
+                            reason: "a refresh had an unknown outcome, then HighLevel rejected the app's client credentials",
+                            due_at: Some(retry_at),
+                            failures: install.failures,
+                            doubt_since_ms: doubt,
+                        },
+                    )
+                    .await?;
+                } else {
+                    self.store.release(install).await?;
+                }
                 Err(RefreshError::InvalidClient(message))
-            }
-            ref e if e.is_ambiguous() => {
-                let reason = format!(
-                    "the refresh was sent and {e}; HighLevel may have rotated the token, so it is not presented again"
-                );
-                self.mark(
-                    &install,
-                    InstallState::InDoubt,
-                    &reason,
-                    None,
-                    install.failures,
-                )
-                .await?;
-                Ok(Outcome::InDoubt)
             }
             e => {
                 let failures = install.failures.saturating_add(1);
@@ -389,18 +652,41 @@ impl Refresher<'_> {
                 };
                 let wait = backoff(self.policy, failures, floor);
                 let retry_at = now + wait.as_secs().max(1) as i64;
-                let reason = format!("HighLevel: {e}; retry #{failures} in {} s", wait.as_secs());
+                let (state, reason) = if doubt.is_some() {
+                    (
+                        InstallState::InDoubt,
+                        format!(
+                            "HighLevel: {e} after an unknown outcome; the token is probed again in {} s",
+                            wait.as_secs()
+                        ),
+                    )
+                } else {
+                    (
+                        InstallState::Retrying,
+                        format!("HighLevel: {e}; retry #{failures} in {} s", wait.as_secs()),
+                    )
+                };
                 self.mark(
-                    &install,
-                    InstallState::Retrying,
-                    &reason,
-                    Some(retry_at),
-                    failures,
+                    install,
+                    &StateChange {
+                        state,
+                        reason: &reason,
+                        due_at: Some(retry_at),
+                        failures,
+                        doubt_since_ms: doubt,
+                    },
                 )
                 .await?;
-                Ok(Outcome::Retrying {
-                    kind: e.kind(),
-                    retry_at,
+                Ok(if doubt.is_some() {
+                    Outcome::InDoubt {
+                        kind: e.kind(),
+                        retry_at,
+                    }
+                } else {
+                    Outcome::Retrying {
+                        kind: e.kind(),
+                        retry_at,
+                    }
                 })
             }
         }
@@ -451,28 +737,17 @@ impl Refresher<'_> {
         }
     }
 
-    async fn mark(
-        &self,
-        install: &Install,
-        state: InstallState,
-        reason: &str,
-        due_at: Option<i64>,
-        failures: u32,
-    ) -> Result<(), RefreshError> {
+    /// Records a state change under our lease and version, retried while the
+    /// lease lasts.
+    async fn mark(&self, install: &Install, change: &StateChange<'_>) -> Result<(), RefreshError> {
         let lease_end = install.lease_until_ms.unwrap_or(now_millis());
-        let change = StateChange {
-            state,
-            reason,
-            due_at,
-            failures,
-        };
         let ok = retry_until(lease_end, || {
             self.store
-                .record_state(&install.id, self.owner, install.version, &change)
+                .record_state(&install.id, install.lease_token(), install.version, change)
         })
         .await?;
         if !ok {
-            tracing::warn!(install_id = %install.id, state = state.as_str(), "state not recorded: the lease or version moved on");
+            tracing::warn!(install_id = %install.id, state = change.state.as_str(), "state not recorded: the lease or version moved on");
         }
         Ok(())
     }
@@ -506,7 +781,17 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_honours_the_floor() {
-        let p = RefreshPolicy::with_lease(Duration::from_secs(60));
+        let p = RefreshPolicy {
+            lease: Duration::from_secs(90),
+            suspended_retry: Duration::from_secs(6 * 3600),
+            backoff_base: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(3600),
+            reconnect_fallback: false,
+            represent_window: Duration::from_secs(25),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            write_reserve: Duration::from_secs(10),
+        };
         let first = backoff(&p, 1, Duration::ZERO);
         assert!(
             first >= Duration::from_secs(30) && first <= Duration::from_secs(60),

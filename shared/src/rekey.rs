@@ -94,10 +94,10 @@ impl Rekeyer<'_> {
             {
                 LeaseOutcome::Acquired { install, .. } => {
                     if !install.stale_key {
-                        self.store.release_lease(id, self.owner).await?;
+                        self.store.release(&install).await?;
                         return Ok(Outcome::Current);
                     }
-                    if self.store.reseal(&install, self.owner).await? {
+                    if self.store.reseal(&install).await? {
                         tracing::info!(install_id = %id, outcome = "resealed", "install re-sealed under the current data key");
                         return Ok(Outcome::Resealed);
                     }
@@ -106,7 +106,7 @@ impl Rekeyer<'_> {
                 }
                 LeaseOutcome::Held { until_ms, .. } => until_ms,
                 // A refresh holder's lease expired without release: the sweep
-                // settles it (journal or in_doubt) before anyone else may touch it.
+                // settles it (journal, then a probe) before anyone else may touch it.
                 LeaseOutcome::NotNeeded { .. } => now_millis() + 1_000,
                 LeaseOutcome::Missing => return Ok(Outcome::Missing),
             };

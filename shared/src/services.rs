@@ -39,7 +39,7 @@ impl Services {
     /// The same, unrestricted: for the operator's admin tool, which runs
     /// with the operator's own credentials.
     pub async fn load_admin(common: &CommonConfig) -> Result<Self, InitError> {
-        let sdk = crate::aws::sdk_config().await;
+        let sdk = crate::aws::sdk_config_with(&common.aws).await;
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
         let app = AppSecret::load(&secrets, &common.app_secret_id).await?;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);

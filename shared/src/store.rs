@@ -49,6 +49,7 @@ pub mod attr {
     pub const LEASE_OWNER: &str = "lease_owner";
     pub const LEASE_UNTIL: &str = "lease_until_ms";
     pub const LEASE_INTENT: &str = "lease_intent";
+    pub const DOUBT_SINCE: &str = "doubt_since_ms";
     pub const FAILURES: &str = "failures";
     pub const INSTALLED_AT: &str = "installed_at";
     pub const LAST_INSTALLED_AT: &str = "last_installed_at";
@@ -107,8 +108,15 @@ pub struct Install {
     pub state_changed_at: i64,
     /// Counts token changes; every token write is conditioned on it (the fencing token).
     pub version: u64,
+    /// The lease token: who holds the install, unique per taking (a retried
+    /// lease write recognises its own).
     pub lease_owner: Option<String>,
     pub lease_until_ms: Option<i64>,
+    /// Set when a presentation of the current refresh token had an unknown
+    /// outcome (or its holder died mid-refresh): epoch ms of the first such
+    /// send. Cleared by the next commit. An `Invalid grant` while it is set
+    /// means the grant is `lost`, not `revoked`.
+    pub doubt_since_ms: Option<i64>,
     pub due_at: Option<i64>,
     pub failures: u32,
     pub installed_at: i64,
@@ -119,6 +127,14 @@ pub struct Install {
     /// True when either token is sealed under a data key other than the
     /// current one (key rotation re-seals these).
     pub stale_key: bool,
+}
+
+impl Install {
+    /// The token of the lease this copy was taken with ("" when none: a
+    /// fenced write naming it then matches nothing).
+    pub fn lease_token(&self) -> &str {
+        self.lease_owner.as_deref().unwrap_or_default()
+    }
 }
 
 /// A journal entry: a rotated pair made durable before it is committed.
@@ -155,6 +171,8 @@ pub struct StateChange<'a> {
     /// When to try again; None takes the install out of the due index.
     pub due_at: Option<i64>,
     pub failures: u32,
+    /// Whether the current refresh token's fate is unknown, since when (ms).
+    pub doubt_since_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -331,6 +349,12 @@ pub fn code_hash(code: &SecretString) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A lease token: the holder's name and a nonce unique to one taking.
+pub fn lease_token(owner: &str) -> String {
+    let nonce: u64 = rand::rng().random();
+    format!("{owner}/{nonce:016x}")
+}
+
 fn key_of(pk: &str, sk: &str) -> Item {
     HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
 }
@@ -502,6 +526,10 @@ impl Store {
         u.set_if_absent(attr::REFRESH_COUNT, num(0));
         u.increment(attr::INSTALL_COUNT);
         u.increment(attr::VERSION);
+        // A new grant: no doubt about it, and any refresh of the old one in
+        // flight can no longer commit (the version moved), so its lease goes.
+        u.remove(attr::DOUBT_SINCE);
+        u.release_lease();
         u
     }
 
@@ -630,6 +658,7 @@ impl Store {
             version: get_n(&item, attr::VERSION).unwrap_or(0) as u64,
             lease_owner: get_s(&item, attr::LEASE_OWNER).map(str::to_owned),
             lease_until_ms: get_n(&item, attr::LEASE_UNTIL),
+            doubt_since_ms: get_n(&item, attr::DOUBT_SINCE),
             due_at: get_n(&item, DUE_AT),
             failures: get_n(&item, attr::FAILURES).unwrap_or(0) as u32,
             installed_at: get_n(&item, attr::INSTALLED_AT).unwrap_or(0),
@@ -720,9 +749,15 @@ impl Store {
 
     // ---- leases ------------------------------------------------------
 
-    /// Takes the lease on an install: owner, expiry, and (through the version
-    /// already on the item) a fencing token. The returned install is the
-    /// authoritative state at the moment of taking.
+    /// Takes the lease on an install: a lease token (the owner plus a nonce
+    /// unique to this taking), an expiry, and (through the version already on
+    /// the item) a fencing token. The returned install is the authoritative
+    /// state at the moment of taking, with `lease_owner` set to the token
+    /// every later fenced write must name.
+    ///
+    /// The condition also admits the same token, so when the SDK retries a
+    /// write whose answer was lost, the retry finds its own lease and takes
+    /// it again instead of mistaking it for someone else's.
     pub async fn acquire_lease(
         &self,
         id: &InstallId,
@@ -732,8 +767,9 @@ impl Store {
     ) -> Result<LeaseOutcome, StoreError> {
         let now_ms = now_millis();
         let until = now_ms + lease.as_millis() as i64;
+        let token = lease_token(owner);
         let mut u = Update::default();
-        u.set(attr::LEASE_OWNER, s(owner));
+        u.set(attr::LEASE_OWNER, s(&token));
         u.set(attr::LEASE_UNTIL, num(until));
         // Only a holder that meant to present the refresh token can leave it in doubt.
         let intent = if matches!(when, LeaseWhen::Always) {
@@ -743,10 +779,12 @@ impl Store {
         };
         u.set(attr::LEASE_INTENT, s(intent));
         let lease_n = u.name(attr::LEASE_UNTIL);
+        let owner_n = u.name(attr::LEASE_OWNER);
         let now_v = u.value(num(now_ms));
+        let me_v = u.value(s(&token));
         let pk_n = u.name(PK);
         let mut cond = format!(
-            "attribute_exists({pk_n}) AND (attribute_not_exists({lease_n}) OR {lease_n} < {now_v})"
+            "attribute_exists({pk_n}) AND (attribute_not_exists({lease_n}) OR {lease_n} < {now_v} OR {owner_n} = {me_v})"
         );
         match when {
             LeaseWhen::DueBy(t) => {
@@ -756,23 +794,21 @@ impl Store {
             LeaseWhen::ExpiresBefore(t) => {
                 let (n, v) = (u.name(attr::EXPIRES_AT), u.value(num(t)));
                 let st = u.name(attr::STATE);
-                let (a, r, sp) = (
-                    u.value(s("active")),
-                    u.value(s("retrying")),
-                    u.value(s("suspended")),
-                );
-                cond.push_str(&format!(" AND {n} < {v} AND {st} IN ({a}, {r}, {sp})"));
+                let states: Vec<String> = InstallState::ALL
+                    .into_iter()
+                    .filter(|st| st.is_refreshable())
+                    .map(|st| u.value(s(st.as_str())))
+                    .collect();
+                cond.push_str(&format!(" AND {n} < {v} AND {st} IN ({})", states.join(", ")));
             }
             LeaseWhen::Always => {
                 // Never over a refresh holder's expired lease: it may have
                 // presented the refresh token, and only the refresh path
-                // (journal or in_doubt) may clear that.
-                let (o, i, m) = (
-                    u.name(attr::LEASE_OWNER),
-                    u.name(attr::LEASE_INTENT),
-                    u.value(s("maintain")),
-                );
-                cond.push_str(&format!(" AND (attribute_not_exists({o}) OR {i} = {m})"));
+                // (journal, then a probe) may clear that.
+                let (i, m) = (u.name(attr::LEASE_INTENT), u.value(s("maintain")));
+                cond.push_str(&format!(
+                    " AND (attribute_not_exists({owner_n}) OR {i} = {m} OR {owner_n} = {me_v})"
+                ));
             }
         }
         let res = self
@@ -785,10 +821,20 @@ impl Store {
         match res {
             Ok(out) => {
                 let old = out.attributes.unwrap_or_default();
-                let abandoned = get_s(&old, attr::LEASE_OWNER).is_some()
+                let previous = get_s(&old, attr::LEASE_OWNER);
+                let abandoned = previous.is_some_and(|p| p != token)
                     && get_s(&old, attr::LEASE_INTENT) != Some("maintain");
-                let mut install = self.decode(old)?;
-                install.lease_owner = Some(owner.to_owned());
+                let mut install = match self.decode(old) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        // Nothing was presented: the lease must not outlive this error.
+                        if let Err(release) = self.release_lease(id, &token).await {
+                            tracing::error!(install_id = %id, error = %release, "lease release after an unreadable item failed");
+                        }
+                        return Err(e);
+                    }
+                };
+                install.lease_owner = Some(token);
                 install.lease_until_ms = Some(until);
                 Ok(LeaseOutcome::Acquired {
                     install: Box::new(install),
@@ -815,6 +861,11 @@ impl Store {
                 _ => Err(dynamo("UpdateItem(acquire lease)")(e)),
             },
         }
+    }
+
+    /// Gives back the lease `install` was taken with.
+    pub async fn release(&self, install: &Install) -> Result<(), StoreError> {
+        self.release_lease(&install.id, install.lease_token()).await
     }
 
     /// Gives the lease back without other changes. A no-op if it is no
@@ -961,6 +1012,7 @@ impl Store {
         u.set(attr::LAST_REFRESHED_AT, num(now));
         u.set(attr::VERSION, num(to as i64));
         u.increment(attr::REFRESH_COUNT);
+        u.remove(attr::DOUBT_SINCE);
         u.release_lease();
         self.fenced(id, u, from, None, "UpdateItem(commit pair)")
             .await
@@ -1009,6 +1061,7 @@ impl Store {
             reason,
             due_at,
             failures,
+            doubt_since_ms,
         } = *change;
         let now = now_secs();
         let mut u = Update::default();
@@ -1020,6 +1073,7 @@ impl Store {
             }
         }
         u.set(attr::FAILURES, num(i64::from(failures)));
+        u.set_opt(attr::DOUBT_SINCE, doubt_since_ms.map(num));
         u.release_lease();
         self.fenced(id, u, version, Some(owner), "UpdateItem(record state)")
             .await
@@ -1027,7 +1081,8 @@ impl Store {
 
     /// Re-seals both tokens under the current data key, under our lease and
     /// version, without changing anything else.
-    pub async fn reseal(&self, install: &Install, owner: &str) -> Result<bool, StoreError> {
+    pub async fn reseal(&self, install: &Install) -> Result<bool, StoreError> {
+        let owner = install.lease_token();
         let mut u = Update::default();
         self.set_tokens(
             &mut u,

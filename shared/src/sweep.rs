@@ -9,14 +9,16 @@
 
 use crate::config::SweepConfig;
 use crate::model::{InstallId, now_secs};
-use crate::refresh::{Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
+use crate::refresh::{
+    FirstAnswers, Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher,
+};
 use crate::services::Services;
 use crate::store::LeaseWhen;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -28,14 +30,24 @@ const PAGE_SIZE: i32 = 200;
 pub struct SweepSummary {
     pub examined: u64,
     pub refreshed: u64,
+    /// Back from doubt: a journaled pair adopted, or a probe or
+    /// re-presentation of a token whose outcome was unknown answered.
     pub recovered: u64,
     pub revoked: u64,
+    /// `Invalid grant` after an unknown outcome: HighLevel rotated the token
+    /// and its answer never arrived.
+    pub lost: u64,
     pub suspended: u64,
     pub retrying: u64,
+    /// Outcome still unknown after the window: waiting for a probe.
     pub in_doubt: u64,
     pub superseded: u64,
     pub journaled: u64,
-    pub lost: u64,
+    /// A rotated pair that could be written nowhere (alarm).
+    pub unstored: u64,
+    /// Minted location grants that ended lost or revoked and were minted
+    /// again from their company's grant.
+    pub reminted: u64,
     pub store_errors: u64,
     pub skipped_locked: u64,
     pub skipped_not_due: u64,
@@ -68,7 +80,8 @@ impl Breaker {
                 return None;
             }
             "revoked" => "revoked",
-            "in_doubt" => "in_doubt",
+            "lost" => "lost",
+            "in_doubt" => "unknown",
             "retrying" => "transient",
             "suspended" => "suspended",
             _ => return None,
@@ -92,16 +105,17 @@ pub async fn run(
     let started = Instant::now();
     let now = now_secs();
     let policy = Arc::new(RefreshPolicy {
-        lease: cfg.common.lease,
         suspended_retry: cfg.suspended_retry,
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
         reconnect_fallback: cfg.reconnect_fallback,
+        ..RefreshPolicy::new(&cfg.common)
     });
-    // One refresh at worst: connect + request timeouts, then the journal and commit writes.
-    let per_refresh =
-        cfg.common.ghl.connect_timeout + cfg.common.ghl.request_timeout + Duration::from_secs(2);
-    let needed = per_refresh + cfg.deadline_reserve;
+    // A refresh is started only with time for one presentation and its
+    // writes; re-presentations fit themselves into what is left.
+    let needed = policy.one_refresh() + cfg.deadline_reserve;
+    let work_deadline = deadline.checked_sub(cfg.deadline_reserve);
+    let first_answers = Arc::new(FirstAnswers::default());
     let stop = Arc::new(AtomicBool::new(false));
     let oldest_due = Arc::new(AtomicI64::new(i64::MAX));
     let (tx, mut rx) = mpsc::channel::<InstallId>(cfg.concurrency * 2);
@@ -146,7 +160,7 @@ pub async fn run(
     };
     let reconnect = Arc::new(ReconnectSwitch::default());
     let owner: Arc<str> = Arc::from(owner);
-    let mut workers: JoinSet<(InstallId, Result<Outcome, RefreshError>)> = JoinSet::new();
+    let mut workers: JoinSet<(InstallId, Result<Outcome, RefreshError>, bool)> = JoinSet::new();
     // HighLevel slots (SWEEP_CONCURRENCY) are handed out here, in due order,
     // before a task exists: no task ever waits for a slot only to be turned
     // away, and a run with one slot calls HighLevel strictly in due order.
@@ -168,6 +182,19 @@ pub async fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        if let Some(class) = early_trip(cfg, &first_answers)
+            && summary.stopped.is_none()
+        {
+            tracing::error!(
+                alarm = true,
+                class,
+                "fleet breaker tripped: HighLevel leaves most first presentations unanswered; stopping the run (those in flight are presented again within the window)"
+            );
+            summary.stopped = Some(format!("breaker:{class}"));
+            stop.store(true, Ordering::Relaxed);
+            crate::metrics::count("SweepBreakerTripped", 1);
+            break;
+        }
         let Some(id) = rx.recv().await else { break };
         // Checked after the id arrives: the page query it waited for counts.
         if deadline.saturating_duration_since(Instant::now()) < needed {
@@ -177,11 +204,12 @@ pub async fn run(
             break;
         }
         summary.examined += 1;
-        let (svc, policy, owner, reconnect) = (
+        let (svc, policy, owner, reconnect, first) = (
             svc.clone(),
             policy.clone(),
             owner.clone(),
             reconnect.clone(),
+            first_answers.clone(),
         );
         workers.spawn(async move {
             let r = Refresher {
@@ -191,9 +219,17 @@ pub async fn run(
                 policy: &policy,
                 owner: &owner,
                 reconnect: &reconnect,
+                deadline: work_deadline,
+                first_answers: Some(&first),
             };
             let result = r.refresh(&id, LeaseWhen::DueBy(now), Some(slot)).await;
-            (id, result)
+            let reminted = match (&id, &result) {
+                (InstallId::Minted(loc), Ok(Outcome::Lost | Outcome::Revoked)) => {
+                    crate::mint::heal_minted(&svc, loc, &policy, &owner, work_deadline).await
+                }
+                _ => false,
+            };
+            (id, result, reminted)
         });
     }
     while let Some(done) = workers.join_next().await {
@@ -224,9 +260,9 @@ fn tally(
     summary: &mut SweepSummary,
     breaker: &mut Breaker,
     stop: &AtomicBool,
-    joined: Result<(InstallId, Result<Outcome, RefreshError>), tokio::task::JoinError>,
+    joined: Result<(InstallId, Result<Outcome, RefreshError>, bool), tokio::task::JoinError>,
 ) {
-    let (id, result) = match joined {
+    let (id, result, reminted) = match joined {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "refresh task failed");
@@ -243,8 +279,8 @@ fn tally(
             crate::metrics::count("SweepInvalidClient", 1);
             return;
         }
-        Err(RefreshError::Lost(_)) => {
-            summary.lost += 1;
+        Err(RefreshError::Unstored(_)) => {
+            summary.unstored += 1;
             return;
         }
         Err(RefreshError::Store(e)) => {
@@ -258,17 +294,22 @@ fn tally(
         Outcome::Refreshed(i) | Outcome::Recovered(i) => {
             tracing::info!(install_id = %id, outcome = name, expires_at = i.expires_at, version = i.version, "refresh outcome");
         }
-        Outcome::Retrying { kind, retry_at } => {
+        Outcome::Retrying { kind, retry_at } | Outcome::InDoubt { kind, retry_at } => {
             tracing::warn!(install_id = %id, outcome = name, error = kind, retry_at, "refresh outcome");
         }
-        Outcome::Revoked
-        | Outcome::InDoubt
-        | Outcome::Suspended
-        | Outcome::Superseded
-        | Outcome::Journaled => {
+        Outcome::Lost => {
+            tracing::error!(install_id = %id, outcome = name, alarm = true, reminted, "refresh outcome");
+        }
+        Outcome::Revoked => {
+            tracing::warn!(install_id = %id, outcome = name, reminted, "refresh outcome");
+        }
+        Outcome::Suspended | Outcome::Superseded | Outcome::Journaled => {
             tracing::warn!(install_id = %id, outcome = name, "refresh outcome");
         }
         _ => tracing::info!(install_id = %id, outcome = name, "refresh outcome"),
+    }
+    if reminted {
+        summary.reminted += 1;
     }
     let counter = match outcome {
         Outcome::Refreshed(_) => &mut summary.refreshed,
@@ -276,11 +317,13 @@ fn tally(
         Outcome::NotNeeded(_) | Outcome::Skipped(_) | Outcome::Missing => {
             &mut summary.skipped_not_due
         }
+        Outcome::Deferred => &mut summary.still_due,
         Outcome::Locked => &mut summary.skipped_locked,
         Outcome::Revoked => &mut summary.revoked,
+        Outcome::Lost => &mut summary.lost,
         Outcome::Suspended => &mut summary.suspended,
         Outcome::Retrying { .. } => &mut summary.retrying,
-        Outcome::InDoubt => &mut summary.in_doubt,
+        Outcome::InDoubt { .. } => &mut summary.in_doubt,
         Outcome::Superseded => &mut summary.superseded,
         Outcome::Journaled => &mut summary.journaled,
     };
@@ -300,13 +343,27 @@ fn tally(
     }
 }
 
+/// The early breaker: most first presentations of this run came back with
+/// an unknown outcome (HighLevel slow or failing). Checked before each new
+/// install is taken, so at most the refreshes already in flight are affected.
+fn early_trip(cfg: &SweepConfig, first: &FirstAnswers) -> Option<&'static str> {
+    let (sent, unknown) = first.counts();
+    (unknown >= cfg.breaker_min_attempts
+        && f64::from(unknown) / f64::from(sent.max(1)) >= cfg.breaker_ratio)
+        .then_some("unknown")
+}
+
 fn emit_metrics(s: &SweepSummary) {
     for (name, v) in [
-        ("SweepRefreshed", s.refreshed + s.recovered),
+        ("SweepRefreshed", s.refreshed),
+        ("SweepRecovered", s.recovered),
         ("SweepRevoked", s.revoked),
+        ("SweepLost", s.lost),
         ("SweepSuspended", s.suspended),
         ("SweepRetrying", s.retrying),
-        ("SweepInDoubt", s.in_doubt + s.lost),
+        ("SweepInDoubt", s.in_doubt),
+        ("SweepUnstored", s.unstored),
+        ("SweepReminted", s.reminted),
     ] {
         crate::metrics::count(name, v);
     }

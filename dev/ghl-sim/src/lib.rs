@@ -36,6 +36,12 @@ pub struct SimConfig {
     pub version_id: String,
     pub access_token_ttl_secs: u64,
     pub code_ttl_secs: u64,
+    /// HighLevel's changelog: calls within a 30-second window with the same
+    /// client_id, client_secret and refresh_token return the same refresh
+    /// token. A refresh token rotated less than this many seconds ago is
+    /// answered with the very body its rotation produced (a grace replay).
+    /// 0 (the default) means strict single use.
+    pub refresh_grace_secs: u64,
 }
 
 impl Default for SimConfig {
@@ -47,6 +53,7 @@ impl Default for SimConfig {
             version_id: "sim-version-id".into(),
             access_token_ttl_secs: 86_399,
             code_ttl_secs: 600,
+            refresh_grace_secs: 0,
         }
     }
 }
@@ -94,6 +101,10 @@ pub struct Faults {
     pub error_5xx_rate: f64,
     pub rate_limit_rate: f64,
     pub drop_rate: f64,
+    /// Process the request (a refresh rotates), then answer 503.
+    pub error_5xx_after_rotate_rate: f64,
+    /// Process the request, then answer 200 with odd metadata values (see [`Fault::OddMetadata`]).
+    pub odd_metadata_rate: f64,
 }
 
 /// One-shot faults, consumed in order by the next API requests.
@@ -110,6 +121,28 @@ pub enum Fault {
         ms: u64,
     },
     InvalidClient,
+    /// Process the request fully (a refresh rotates), then answer this 5xx
+    /// status with a NestJS-style body `{statusCode, message}`.
+    ServerErrorAfterRotate {
+        status: u16,
+    },
+    /// Process the request fully, then answer 200 with the real body but odd
+    /// metadata: `userType` lower-case, `companyId` a number,
+    /// `isBulkInstallation` a string, `approvedLocations` a plain string,
+    /// `planId` null, `scope` an array, and an unknown nested field.
+    /// `access_token`, `refresh_token` and `expires_in` are untouched.
+    /// A non-2xx answer passes through unchanged.
+    OddMetadata,
+    /// Process the request fully, then answer with `Content-Type:
+    /// application/json` and the body cut in the middle (invalid JSON).
+    /// The status is the processed one (200 when processing succeeded).
+    Garbled,
+    /// Process the request fully, then answer 200 with the real body minus
+    /// `refresh_token`. A non-2xx answer passes through unchanged.
+    NoRefreshToken,
+    /// Do not process; answer 400 in the RFC 6749 shape
+    /// `{"error":"invalid_grant","error_description":"refresh token is invalid"}`.
+    RfcInvalidGrant,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -126,6 +159,16 @@ pub struct TokenEntry {
     /// Presentations answered `Location is not active`, which do not consume the token.
     pub presented_while_inactive: u32,
     pub issued_at_ms: u64,
+    /// The refresh token this one's rotation issued (None while not rotated,
+    /// or when it was rejected/revoked without rotating).
+    #[serde(default)]
+    pub successor: Option<String>,
+    /// When this token was rotated by a successful refresh.
+    #[serde(default)]
+    pub rotated_at_ms: Option<u64>,
+    /// Whether the grant this token belongs to was revoked.
+    #[serde(default)]
+    pub grant_revoked: bool,
 }
 
 fn short_fp(s: &str) -> String {
@@ -151,8 +194,62 @@ impl fmt::Debug for TokenEntry {
             .field("live", &self.live)
             .field("presented", &self.presented)
             .field("presented_while_inactive", &self.presented_while_inactive)
+            .field(
+                "successor",
+                &self
+                    .successor
+                    .as_deref()
+                    .map(|s| format!("fp:{}", short_fp(s))),
+            )
+            .field("rotated_at_ms", &self.rotated_at_ms)
+            .field("grant_revoked", &self.grant_revoked)
             .finish()
     }
+}
+
+/// One grant's chain of refresh tokens, as the ledger sees it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chain {
+    pub grant_id: String,
+    pub user_type: UserType,
+    pub company_id: String,
+    pub location_id: Option<String>,
+    pub revoked: bool,
+    /// The last refresh token issued for this grant.
+    pub newest_refresh_token: String,
+    pub newest_live: bool,
+    pub newest_presented: u32,
+    /// Refresh tokens issued in this chain.
+    pub issued: u32,
+}
+
+impl fmt::Debug for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("grant_id", &self.grant_id)
+            .field("user_type", &self.user_type)
+            .field("company_id", &self.company_id)
+            .field("location_id", &self.location_id)
+            .field("revoked", &self.revoked)
+            .field(
+                "newest_refresh_token",
+                &format_args!("fp:{}", short_fp(&self.newest_refresh_token)),
+            )
+            .field("newest_live", &self.newest_live)
+            .field("newest_presented", &self.newest_presented)
+            .field("issued", &self.issued)
+            .finish()
+    }
+}
+
+/// `grant-12` → 12, for ordering grants by age.
+fn grant_number(grant_id: &str) -> u64 {
+    grant_id
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -175,6 +272,79 @@ impl Ledger {
     pub fn live_count(&self) -> usize {
         self.tokens.iter().filter(|t| t.live).count()
     }
+
+    /// One chain per grant, oldest grant first.
+    pub fn chains(&self) -> Vec<Chain> {
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_grant: HashMap<&str, Chain> = HashMap::new();
+        for t in &self.tokens {
+            match by_grant.get_mut(t.grant_id.as_str()) {
+                Some(c) => {
+                    c.newest_refresh_token = t.refresh_token.clone();
+                    c.newest_live = t.live;
+                    c.newest_presented = t.presented;
+                    c.issued += 1;
+                    c.revoked |= t.grant_revoked;
+                }
+                None => {
+                    order.push(&t.grant_id);
+                    by_grant.insert(
+                        &t.grant_id,
+                        Chain {
+                            grant_id: t.grant_id.clone(),
+                            user_type: t.user_type,
+                            company_id: t.company_id.clone(),
+                            location_id: t.location_id.clone(),
+                            revoked: t.grant_revoked,
+                            newest_refresh_token: t.refresh_token.clone(),
+                            newest_live: t.live,
+                            newest_presented: t.presented,
+                            issued: 1,
+                        },
+                    );
+                }
+            }
+        }
+        let mut chains: Vec<Chain> = order
+            .into_iter()
+            .filter_map(|g| by_grant.remove(g))
+            .collect();
+        // Stable: grants with the same number (never, in practice) keep issue order.
+        chains.sort_by_key(|c| grant_number(&c.grant_id));
+        chains
+    }
+
+    /// The chain the given refresh token belongs to.
+    pub fn chain_of(&self, refresh_token: &str) -> Option<Chain> {
+        let grant = &self
+            .tokens
+            .iter()
+            .find(|t| t.refresh_token == refresh_token)?
+            .grant_id;
+        self.chains().into_iter().find(|c| &c.grant_id == grant)
+    }
+
+    /// The newest chain for an install: for a Location, the newest Location
+    /// grant with that location id; for a Company, the newest Company grant
+    /// of that company id. (A Location asked for without a location id is
+    /// matched on the company id.)
+    pub fn newest_chain_for(
+        &self,
+        user_type: UserType,
+        company_id: &str,
+        location_id: Option<&str>,
+    ) -> Option<Chain> {
+        self.chains()
+            .into_iter()
+            .filter(|c| {
+                c.user_type == user_type
+                    && match (user_type, location_id) {
+                        (UserType::Location, Some(l)) => c.location_id.as_deref() == Some(l),
+                        _ => c.company_id == company_id,
+                    }
+            })
+            .max_by_key(|c| grant_number(&c.grant_id))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -187,6 +357,14 @@ pub struct Counters {
     pub installed_locations_calls: u64,
     pub faults_injected: u64,
     pub unknown_refresh_tokens_presented: u64,
+    /// Presentations of a rotated token within the grace window, answered
+    /// with the rotation's own body.
+    #[serde(default)]
+    pub grace_replays: u64,
+    /// Presentations of a token whose successor had already been presented
+    /// itself: the client used the newer token and still sent an older one.
+    #[serde(default)]
+    pub stale_presentations: u64,
 }
 
 struct Code {
@@ -215,6 +393,11 @@ struct TokenRec {
     presented: u32,
     presented_while_inactive: u32,
     issued_at_ms: u64,
+    /// Set by a successful rotation: the token it issued, when, and the
+    /// exact body it answered (replayed within the grace window).
+    successor: Option<String>,
+    rotated_at_ms: Option<u64>,
+    rotation_body: Option<Value>,
 }
 
 struct Access {
@@ -387,6 +570,11 @@ impl Sim {
         self.shared.revoke(user_type, id);
     }
 
+    /// Sets the refresh grace window (see [`SimConfig::refresh_grace_secs`]); 0 = strict.
+    pub fn set_refresh_grace_secs(&self, secs: u64) {
+        lock(&self.shared.cfg).refresh_grace_secs = secs;
+    }
+
     pub fn set_client_secret(&self, secret: &str) {
         lock(&self.shared.cfg).client_secret = secret.to_owned();
     }
@@ -406,6 +594,9 @@ impl Shared {
                 let rec = inner.tokens.get(t)?;
                 let g = inner.grants.get(&rec.grant_id)?;
                 Some(TokenEntry {
+                    successor: rec.successor.clone(),
+                    rotated_at_ms: rec.rotated_at_ms,
+                    grant_revoked: g.revoked,
                     refresh_token: t.clone(),
                     grant_id: rec.grant_id.clone(),
                     user_type: g.user_type,
@@ -474,12 +665,17 @@ impl Shared {
         let mut rng = rand::rng();
         let roll: f64 = rng.random();
         let (e, r, d) = (f.0.error_5xx_rate, f.0.rate_limit_rate, f.0.drop_rate);
+        let (ea, o) = (f.0.error_5xx_after_rotate_rate, f.0.odd_metadata_rate);
         let fault = if roll < e {
             Some(Fault::ServerError { status: 503 })
         } else if roll < e + r {
             Some(Fault::RateLimited)
         } else if roll < e + r + d {
             Some(Fault::Drop)
+        } else if roll < e + r + d + ea {
+            Some(Fault::ServerErrorAfterRotate { status: 503 })
+        } else if roll < e + r + d + ea + o {
+            Some(Fault::OddMetadata)
         } else {
             None
         };
@@ -535,6 +731,9 @@ impl Inner {
                 presented: 0,
                 presented_while_inactive: 0,
                 issued_at_ms: now,
+                successor: None,
+                rotated_at_ms: None,
+                rotation_body: None,
             },
         );
         self.issue_order.push(refresh.clone());
@@ -598,6 +797,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/locations/{id}/active", post(ctl_active))
         .route("/_sim/revoke", post(ctl_revoke))
         .route("/_sim/client-secret", post(ctl_secret))
+        .route("/_sim/config", get(ctl_config_get).post(ctl_config))
         .with_state(shared)
 }
 
@@ -664,6 +864,97 @@ fn dropped() -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+fn server_error(s: StatusCode) -> Response {
+    api_json(
+        s,
+        json!({"statusCode": s.as_u16(), "message": s.canonical_reason().unwrap_or("Server Error")}),
+    )
+}
+
+/// Rewrites a successful JSON answer; anything else passes through unchanged.
+async fn rewrite_json(resp: Response, f: impl FnOnce(Value) -> Value) -> Response {
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let out = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => serde_json::to_vec(&f(v)).unwrap_or_else(|_| bytes.to_vec()),
+        Err(_) => bytes.to_vec(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(out))
+}
+
+/// The odd-but-parseable metadata values of [`Fault::OddMetadata`].
+fn odd_metadata(mut v: Value) -> Value {
+    let Some(o) = v.as_object_mut() else {
+        return v;
+    };
+    if let Some(Value::String(t)) = o.get("userType") {
+        let lower = t.to_lowercase();
+        o.insert("userType".into(), json!(lower));
+    }
+    if let Some(c) = o.get("companyId") {
+        let n = c
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(12345);
+        o.insert("companyId".into(), json!(n));
+    }
+    if let Some(b) = o.get("isBulkInstallation") {
+        let s = match b {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        o.insert("isBulkInstallation".into(), json!(s));
+    }
+    if let Some(Value::Array(locs)) = o.get("approvedLocations") {
+        let joined = locs
+            .iter()
+            .map(|l| {
+                l.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| l.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        o.insert("approvedLocations".into(), json!(joined));
+    }
+    if let Some(Value::String(scope)) = o.get("scope") {
+        let parts: Vec<&str> = scope.split_whitespace().collect();
+        let arr = json!(parts);
+        o.insert("scope".into(), arr);
+    }
+    o.insert("planId".into(), Value::Null);
+    o.insert(
+        "simOddNested".into(),
+        json!({"level1": {"level2": [1, "two", {"three": null}], "flag": true}}),
+    );
+    v
+}
+
+/// Answers the processed status with the body cut in the middle (invalid JSON).
+async fn garbled(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let cut = if bytes.len() >= 2 {
+        bytes.slice(..bytes.len() / 2)
+    } else {
+        Bytes::from_static(b"{")
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(cut))
+}
+
 /// Runs an API request through the fault gate, then processes it in its own
 /// task so a client that gives up cannot cancel it (as on a real server).
 async fn gated<F>(shared: Arc<Shared>, process: F) -> Response
@@ -681,11 +972,31 @@ where
         match fault {
             Some(Fault::ServerError { status }) => {
                 let s = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                api_json(
-                    s,
-                    json!({"statusCode": s.as_u16(), "message": s.canonical_reason().unwrap_or("Server Error")}),
-                )
+                server_error(s)
             }
+            Some(Fault::ServerErrorAfterRotate { status }) => {
+                let _ = process(&shared);
+                let s = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(StatusCode::is_server_error)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                server_error(s)
+            }
+            Some(Fault::OddMetadata) => rewrite_json(process(&shared), odd_metadata).await,
+            Some(Fault::NoRefreshToken) => {
+                rewrite_json(process(&shared), |mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("refresh_token");
+                    }
+                    v
+                })
+                .await
+            }
+            Some(Fault::Garbled) => garbled(process(&shared)).await,
+            Some(Fault::RfcInvalidGrant) => api_json(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_grant", "error_description": "refresh token is invalid"}),
+            ),
             Some(Fault::RateLimited) => {
                 let mut r = (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -885,7 +1196,22 @@ fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
             };
             let gid = rec.grant_id.clone();
             let live = rec.live;
+            // The client had used the newer token and still sends this one.
+            let stale = rec
+                .successor
+                .as_ref()
+                .and_then(|s| inner.tokens.get(s))
+                .is_some_and(|s| s.presented + s.presented_while_inactive > 0);
+            let replay = rec
+                .rotation_body
+                .as_ref()
+                .zip(rec.rotated_at_ms)
+                .filter(|(_, at)| {
+                    now_ms().saturating_sub(*at) < cfg.refresh_grace_secs.saturating_mul(1000)
+                })
+                .map(|(b, _)| b.clone());
             let grant = &inner.grants[&gid];
+            let revoked = grant.revoked;
             let inactive = grant.user_type == UserType::Location
                 && grant
                     .location_id
@@ -901,7 +1227,16 @@ fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
                 r.presented += 1;
                 r.live = false;
             }
+            if stale {
+                inner.counters.stale_presentations += 1;
+            }
             if !live {
+                // A revoked grant never replays; a rotated token replays its
+                // rotation's answer within the grace window.
+                if let Some(body) = replay.filter(|_| !revoked) {
+                    inner.counters.grace_replays += 1;
+                    return api_json(StatusCode::OK, body);
+                }
                 inner.counters.refresh_rejections += 1;
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -909,10 +1244,14 @@ fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
                 );
             }
             inner.counters.refreshes += 1;
-            api_json(
-                StatusCode::OK,
-                inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs),
-            )
+            let body = inner.token_response(&cfg, &gid, cfg.access_token_ttl_secs);
+            let successor = body["refresh_token"].as_str().map(str::to_owned);
+            if let Some(r) = inner.tokens.get_mut(rt) {
+                r.successor = successor;
+                r.rotated_at_ms = Some(now_ms());
+                r.rotation_body = Some(body.clone());
+            }
+            api_json(StatusCode::OK, body)
         }
         _ => error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1070,7 +1409,7 @@ async fn reconnect(State(shared): State<Arc<Shared>>) -> Response {
 async fn ctl_ledger(State(s): State<Arc<Shared>>) -> Json<Value> {
     let l = s.ledger();
     Json(
-        json!({"tokens": l.tokens, "presentedTwice": l.presented_twice(), "liveCount": l.live_count()}),
+        json!({"tokens": l.tokens, "chains": l.chains(), "presentedTwice": l.presented_twice(), "liveCount": l.live_count()}),
     )
 }
 
@@ -1176,4 +1515,22 @@ struct SecretBody {
 async fn ctl_secret(State(s): State<Arc<Shared>>, Json(b): Json<SecretBody>) -> StatusCode {
     lock(&s.cfg).client_secret = b.client_secret;
     StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigBody {
+    #[serde(default)]
+    refresh_grace_secs: Option<u64>,
+}
+
+async fn ctl_config(State(s): State<Arc<Shared>>, Json(b): Json<ConfigBody>) -> StatusCode {
+    if let Some(n) = b.refresh_grace_secs {
+        lock(&s.cfg).refresh_grace_secs = n;
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn ctl_config_get(State(s): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({"refreshGraceSecs": lock(&s.cfg).refresh_grace_secs}))
 }

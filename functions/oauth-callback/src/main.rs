@@ -59,7 +59,7 @@ async fn handle(app: &App, req: Request) -> Response<Body> {
         }
         Ok(CallbackOutcome::Probe) => tracing::info!(outcome = "probe", "callback answered"),
         Err(e) => {
-            tracing::warn!(outcome = "error", error = e.name(), message = %e, "callback answered");
+            tracing::warn!(outcome = "error", error = e.name(), reason = %e, "callback answered");
             shared::metrics::count("InstallErrors", 1);
         }
     }

@@ -209,7 +209,6 @@ async fn highlevel_down_or_slow_is_a_gateway_error_and_stores_nothing() {
         &[
             ("GHL_HTTP_TIMEOUT_MS", "800"),
             ("GHL_CONNECT_TIMEOUT_MS", "500"),
-            ("LEASE_SECS", "10"),
         ],
     )
     .await;

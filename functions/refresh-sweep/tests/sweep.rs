@@ -269,6 +269,8 @@ async fn the_run_stops_before_the_deadline_and_leaves_the_rest_due() {
             ("SWEEP_CONCURRENCY", "1"),
             ("GHL_HTTP_TIMEOUT_MS", "1500"),
             ("GHL_CONNECT_TIMEOUT_MS", "200"),
+            ("GHL_REPRESENT_WINDOW_MS", "1000"),
+            ("AWS_OPERATION_TIMEOUT_MS", "1000"),
             ("LEASE_SECS", "5"),
             ("SWEEP_DEADLINE_RESERVE_MS", "200"),
         ],

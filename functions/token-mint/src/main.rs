@@ -6,13 +6,19 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 use shared::config::{Env, MintConfig};
 use shared::mint::{MintError, Minter, Request};
+use shared::refresh::RefreshPolicy;
 use shared::services::Services;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct App {
     cfg: MintConfig,
     svc: Services,
+    policy: RefreshPolicy,
 }
+
+/// Kept back from the invocation's deadline for the answer itself.
+const DEADLINE_RESERVE: Duration = Duration::from_millis(500);
 
 /// The single mapping from mint errors to Lambda function errors.
 #[derive(Debug)]
@@ -36,7 +42,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let svc = Services::load(env!("CARGO_PKG_NAME"), &cfg.common)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let app = Arc::new(App { cfg, svc });
+    let policy = RefreshPolicy::new(&cfg.common);
+    let app = Arc::new(App { cfg, svc, policy });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let app = app.clone();
         async move { handle(&app, event).await }
@@ -57,14 +64,22 @@ fn caller(ctx: &lambda_runtime::Context) -> String {
 async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
     let caller = caller(&event.context);
     let owner = format!("mint:{}", event.context.request_id);
+    // Lambda always sends a deadline; a local emulator may send none (0).
+    let left_ms = event.context.deadline as i64 - shared::model::now_millis();
+    let deadline = (left_ms > 0).then(|| {
+        (Instant::now() + Duration::from_millis(left_ms as u64))
+            .checked_sub(DEADLINE_RESERVE)
+            .unwrap_or_else(Instant::now)
+    });
     let minter = Minter {
         svc: &app.svc,
-        lease: app.cfg.common.lease,
+        policy: &app.policy,
         owner: &owner,
         app_id: app.cfg.app_id.as_deref(),
+        deadline,
     };
     let request = shared::mint::parse_request(&event.payload).map_err(|e| {
-        tracing::warn!(caller, error = e.error_type(), message = %e, "mint rejected");
+        tracing::warn!(caller, error = e.error_type(), reason = %e, "mint rejected");
         FunctionError(e)
     })?;
     match request {
@@ -86,7 +101,7 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionE
                 })
             }
             Err(e) => {
-                tracing::warn!(caller, location_id = %req.location_id, error = e.error_type(), message = %e, "mint failed");
+                tracing::warn!(caller, location_id = %req.location_id, error = e.error_type(), reason = %e, "mint failed");
                 shared::metrics::count_by("MintErrors", ("ErrorType", e.error_type()), 1);
                 Err(FunctionError(e))
             }
@@ -105,7 +120,7 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionE
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(caller, company_id, error = e.error_type(), message = %e, "listing failed");
+                    tracing::warn!(caller, company_id, error = e.error_type(), reason = %e, "listing failed");
                     Err(FunctionError(e))
                 }
             }
