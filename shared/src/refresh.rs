@@ -29,7 +29,9 @@ use crate::app_secret::AppSecret;
 use crate::config::CommonConfig;
 use crate::ghl::{GhlClient, GhlError, ReconnectTarget};
 use crate::model::{InstallId, InstallState, TokenGrant, TokenPair, now_millis, now_secs};
-use crate::store::{Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreError};
+use crate::store::{
+    Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreError, lease_token,
+};
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -259,11 +261,23 @@ impl Refresher<'_> {
         if !self.time_for(self.policy.one_refresh()) {
             return Ok(Outcome::Deferred);
         }
-        let (install, abandoned) = match self
+        let token = lease_token(self.owner);
+        let taken = match self
             .store
-            .acquire_lease(id, self.owner, self.policy.lease, when)
-            .await?
+            .acquire_lease(id, &token, self.policy.lease, when)
+            .await
         {
+            Ok(taken) => taken,
+            Err(e) => {
+                // The write may have landed and only its answer been lost
+                // (a timeout): a lease under our token must not stay behind.
+                if let Err(release) = self.store.release_lease(id, &token).await {
+                    tracing::warn!(install_id = %id, error = %release, "lease release after a failed lease write failed; it expires on its own");
+                }
+                return Err(e.into());
+            }
+        };
+        let (install, abandoned) = match taken {
             LeaseOutcome::Missing => return Ok(Outcome::Missing),
             LeaseOutcome::Held { .. } => return Ok(Outcome::Locked),
             LeaseOutcome::NotNeeded { install } => {
@@ -498,8 +512,15 @@ impl Refresher<'_> {
         reason: &str,
     ) -> Result<Outcome, RefreshError> {
         let id = &install.id;
+        // A rotated pair is worth every moment the invocation has left, not
+        // just the lease: the commit is fenced on the version alone, so it
+        // stays safe after the lease has passed to someone else.
         let lease_end = install.lease_until_ms.unwrap_or(now_millis());
-        let journaled = retry_until(lease_end, || {
+        let store_until = match self.deadline {
+            Some(d) => now_millis() + d.saturating_duration_since(Instant::now()).as_millis() as i64,
+            None => lease_end,
+        };
+        let journaled = retry_until(store_until, || {
             self.store
                 .write_journal(id, install.version + 1, &pair, self.owner)
         })
@@ -508,7 +529,7 @@ impl Refresher<'_> {
             tracing::error!(install_id = %id, error = %e, "journal write failed after a successful refresh; trying the commit directly");
         }
         let info = grant.map(TokenGrant::info);
-        let committed = retry_until(lease_end, || {
+        let committed = retry_until(store_until, || {
             self.store.commit_pair(
                 id,
                 install.version,

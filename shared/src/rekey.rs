@@ -8,7 +8,7 @@
 //! are skipped, so a second run picks up where an interrupted one stopped.
 
 use crate::model::{InstallId, now_millis};
-use crate::store::{LeaseOutcome, LeaseWhen, Store, StoreError};
+use crate::store::{LeaseOutcome, LeaseWhen, Store, StoreError, lease_token};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ impl Rekeyer<'_> {
             }
             let wait_until = match self
                 .store
-                .acquire_lease(id, self.owner, self.lease, LeaseWhen::Always)
+                .acquire_lease(id, &lease_token(self.owner), self.lease, LeaseWhen::Always)
                 .await?
             {
                 LeaseOutcome::Acquired { install, .. } => {

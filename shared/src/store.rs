@@ -749,11 +749,11 @@ impl Store {
 
     // ---- leases ------------------------------------------------------
 
-    /// Takes the lease on an install: a lease token (the owner plus a nonce
-    /// unique to this taking), an expiry, and (through the version already on
-    /// the item) a fencing token. The returned install is the authoritative
-    /// state at the moment of taking, with `lease_owner` set to the token
-    /// every later fenced write must name.
+    /// Takes the lease on an install: a lease token (from [`lease_token`]:
+    /// the holder's name plus a nonce unique to this taking), an expiry, and
+    /// (through the version already on the item) a fencing token. The
+    /// returned install is the authoritative state at the moment of taking,
+    /// with `lease_owner` set to the token every later fenced write names.
     ///
     /// The condition also admits the same token, so when the SDK retries a
     /// write whose answer was lost, the retry finds its own lease and takes
@@ -761,15 +761,14 @@ impl Store {
     pub async fn acquire_lease(
         &self,
         id: &InstallId,
-        owner: &str,
+        token: &str,
         lease: Duration,
         when: LeaseWhen,
     ) -> Result<LeaseOutcome, StoreError> {
         let now_ms = now_millis();
         let until = now_ms + lease.as_millis() as i64;
-        let token = lease_token(owner);
         let mut u = Update::default();
-        u.set(attr::LEASE_OWNER, s(&token));
+        u.set(attr::LEASE_OWNER, s(token));
         u.set(attr::LEASE_UNTIL, num(until));
         // Only a holder that meant to present the refresh token can leave it in doubt.
         let intent = if matches!(when, LeaseWhen::Always) {
@@ -781,7 +780,7 @@ impl Store {
         let lease_n = u.name(attr::LEASE_UNTIL);
         let owner_n = u.name(attr::LEASE_OWNER);
         let now_v = u.value(num(now_ms));
-        let me_v = u.value(s(&token));
+        let me_v = u.value(s(token));
         let pk_n = u.name(PK);
         let mut cond = format!(
             "attribute_exists({pk_n}) AND (attribute_not_exists({lease_n}) OR {lease_n} < {now_v} OR {owner_n} = {me_v})"
@@ -828,13 +827,13 @@ impl Store {
                     Ok(i) => i,
                     Err(e) => {
                         // Nothing was presented: the lease must not outlive this error.
-                        if let Err(release) = self.release_lease(id, &token).await {
+                        if let Err(release) = self.release_lease(id, token).await {
                             tracing::error!(install_id = %id, error = %release, "lease release after an unreadable item failed");
                         }
                         return Err(e);
                     }
                 };
-                install.lease_owner = Some(token);
+                install.lease_owner = Some(token.to_owned());
                 install.lease_until_ms = Some(until);
                 Ok(LeaseOutcome::Acquired {
                     install: Box::new(install),

@@ -27,14 +27,15 @@ use testkit::InvokeOptions;
 use testkit::join_all;
 use testkit::stack::{Stack, scheduled_event};
 
-/// Small timeouts and window so a run takes seconds: the lease (10 s) covers
-/// the window (3 s) + connect (0.3 s) + first timeout (1.5 s) + two 2 s writes.
+/// Small timeouts and window so a run takes seconds: the lease (15 s) covers
+/// the window (3 s) + connect (0.3 s) + first timeout (1.5 s) + two 4 s writes
+/// (moto is slow under this load; DynamoDB answers in milliseconds).
 const SWEEP_ENV: &[(&str, &str)] = &[
-    ("LEASE_SECS", "10"),
+    ("LEASE_SECS", "15"),
     ("GHL_HTTP_TIMEOUT_MS", "1500"),
     ("GHL_CONNECT_TIMEOUT_MS", "300"),
     ("GHL_REPRESENT_WINDOW_MS", "3000"),
-    ("AWS_OPERATION_TIMEOUT_MS", "2000"),
+    ("AWS_OPERATION_TIMEOUT_MS", "4000"),
     ("BACKOFF_BASE_SECS", "1"),
     ("BACKOFF_MAX_SECS", "2"),
     ("SWEEP_CONCURRENCY", "16"),
