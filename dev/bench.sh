@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks: print figures, assert nothing about speed.
 #
-#   dev/bench.sh                 sweep at 10,000 and 100,000 installs, then token-mint
-#   dev/bench.sh sweep|mint      one of them
+#   dev/bench.sh                 sweep at 10,000 and 100,000 installs, then token-mint, then slow
+#   dev/bench.sh sweep|mint|slow one of them
 #
 # Sweep: refresh-sweep (release build, the binary that ships) over N due
 # installs with 200 ms of injected HighLevel latency; prints refreshes/s, the
@@ -10,6 +10,11 @@
 # sweep process. Knobs: BENCH_INSTALLS (default "10000 100000"),
 # BENCH_CONCURRENCY (default 4: moto, one Python core, must not be the
 # bottleneck; see README), BENCH_LATENCY_MS (200).
+# Slow: HighLevel answers slower than the sweep's timeout for a while, then
+# normally; installs lost, extra presentations and time until all are active,
+# against a strict HighLevel and one with the 30 s same-token window. Knobs:
+# BENCH_SLOW_INSTALLS (1000), BENCH_SLOW_SECS (180), BENCH_SLOW_MS (2500),
+# BENCH_PERIOD_SECS (30: the schedule, compressed).
 # Mint: cache-hit latency and CPU per mint against one DynamoDB read, and
 # cold start. Knobs: BENCH_MINTS (1000), BENCH_COLD_STARTS (10).
 set -euo pipefail
@@ -30,4 +35,11 @@ fi
 if [[ $what == all || $what == mint ]]; then
   log "token-mint benchmark"
   target/release/mint-bench "${BENCH_MINTS:-1000}" "${BENCH_COLD_STARTS:-10}"
+fi
+if [[ $what == all || $what == slow ]]; then
+  for grace in 30 0; do
+    log "slow HighLevel benchmark: same-token window ${grace} s"
+    target/release/slow-bench "${BENCH_SLOW_INSTALLS:-1000}" "$grace" "${BENCH_SLOW_SECS:-180}" \
+      "${BENCH_SLOW_MS:-2500}" "${BENCH_PERIOD_SECS:-30}"
+  done
 fi

@@ -4,10 +4,10 @@
 use ghl_sim::{Fault, Faults, SimConfig};
 use serde_json::{Value, json};
 use shared::model::{InstallId, InstallState, now_secs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use testkit::join_all;
 use testkit::stack::{Stack, scheduled_event};
-use testkit::{InvokeError, InvokeOptions};
+use testkit::{FunctionProcess, InvokeError, InvokeOptions};
 
 async fn invoke(stack: &Stack, event: Value) -> Result<Value, InvokeError> {
     stack
@@ -315,4 +315,462 @@ async fn errors_have_stable_types_and_bad_input_changes_nothing() {
     assert_eq!(t, "NeedsReauthorization", "{m}");
     assert!(m.contains("reinstall"));
     assert!(now_secs() > 0);
+}
+
+/// A successful answer; on anything else, panics with every line the
+/// processes logged (a process whose config is invalid never answers).
+fn served(r: Result<Value, InvokeError>, procs: &[&FunctionProcess]) -> Value {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("expected an answer, got {e:?}; logs:\n{}", all_logs(procs)),
+    }
+}
+
+/// A function error's (errorType, errorMessage); on anything else, panics
+/// with the processes' logs.
+fn failed(r: Result<Value, InvokeError>, procs: &[&FunctionProcess]) -> (String, String) {
+    match r {
+        Err(InvokeError::Function {
+            error_type,
+            error_message,
+        }) => (error_type, error_message),
+        other => panic!(
+            "expected a function error, got {other:?}; logs:\n{}",
+            all_logs(procs)
+        ),
+    }
+}
+
+fn all_logs(procs: &[&FunctionProcess]) -> String {
+    procs
+        .iter()
+        .flat_map(|p| p.logs())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The ledger's entry for a refresh token.
+fn ledger_entry(stack: &Stack, refresh_token: &str) -> ghl_sim::TokenEntry {
+    stack
+        .sim
+        .ledger()
+        .tokens
+        .into_iter()
+        .find(|t| t.refresh_token == refresh_token)
+        .expect("the simulator issued this refresh token")
+}
+
+/// Every key that appears more than once in one JSON object, at any depth
+/// (`a.b` for a nested object's key). A `serde_json::Value` keeps only the
+/// last of duplicate keys, so this walks the raw text with a visitor.
+fn duplicate_keys(line: &str) -> Result<Vec<String>, serde_json::Error> {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::collections::HashSet;
+
+    struct Dups(Vec<String>);
+    struct DupVisitor;
+
+    impl<'de> Visitor<'de> for DupVisitor {
+        type Value = Dups;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Dups, E> {
+            Ok(Dups(Vec::new()))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Dups, E> {
+            Ok(Dups(Vec::new()))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Dups, E> {
+            Ok(Dups(Vec::new()))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Dups, E> {
+            Ok(Dups(Vec::new()))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Dups, E> {
+            Ok(Dups(Vec::new()))
+        }
+        fn visit_unit<E>(self) -> Result<Dups, E> {
+            Ok(Dups(Vec::new()))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dups, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Dups(inner)) = seq.next_element()? {
+                out.extend(inner);
+            }
+            Ok(Dups(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dups, A::Error> {
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let Dups(inner) = map.next_value()?;
+                out.extend(inner.into_iter().map(|k| format!("{key}.{k}")));
+                if !seen.insert(key.clone()) {
+                    out.push(key);
+                }
+            }
+            Ok(Dups(out))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Dups {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dups, D::Error> {
+            d.deserialize_any(DupVisitor)
+        }
+    }
+
+    serde_json::from_str::<Dups>(line).map(|Dups(d)| d)
+}
+
+#[test]
+fn the_duplicate_key_checker_sees_what_a_value_hides() {
+    let line = r#"{"level":"WARN","message":"the text","message":"mint failed","n":{"a":1,"a":[{"b":2,"b":3}]}}"#;
+    assert_eq!(
+        serde_json::from_str::<Value>(line).unwrap()["message"],
+        "mint failed",
+        "a Value silently keeps the last duplicate"
+    );
+    assert_eq!(
+        duplicate_keys(line).unwrap(),
+        ["n.a.b", "n.a", "message"],
+        "every duplicate, at every depth"
+    );
+    assert!(
+        duplicate_keys(r#"{"message":"m","reason":"r","x":[1,null,true,"s",1.5]}"#)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(duplicate_keys("not json").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mint_without_time_to_store_presents_nothing() {
+    let stack = Stack::new().await;
+    let company = InstallId::Company("co-t".into());
+    // Near expiry: the company token must be refreshed before it can mint.
+    let before = stack.seed_install(&company, "co-t", 100).await;
+    stack.sim.add_locations("co-t", &[("loc-t", "T")]);
+    let (connect_ms, http_ms, aws_op_ms) = (3_000u64, 10_000u64, 5_000u64);
+    let f = stack.spawn(
+        "token-mint",
+        &[
+            ("GHL_CONNECT_TIMEOUT_MS", "3000"),
+            ("GHL_HTTP_TIMEOUT_MS", "10000"),
+            ("AWS_OPERATION_TIMEOUT_MS", "5000"),
+        ],
+    );
+    let deadline = Duration::from_secs(10);
+    // One presentation and its two writes, plus the handler's reserve, do not fit.
+    let needed = Duration::from_millis(connect_ms + http_ms + 2 * aws_op_ms + 500);
+    assert!(needed > deadline, "the deadline must be too short");
+    let items_before = stack.items().await;
+
+    let mint = || {
+        stack.api.invoke_with(
+            json!({"locationId": "loc-t", "companyId": "co-t"}),
+            InvokeOptions::with_deadline(deadline),
+        )
+    };
+    let started = Instant::now();
+    let (t, m) = failed(mint().await, &[&f]);
+    assert_eq!(t, "UpstreamUnavailable", "{m}");
+    assert!(m.contains("too little time is left"), "{m}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after waiting out the deadline: {:?}",
+        started.elapsed()
+    );
+
+    // The company's refresh token was never presented and still works.
+    let entry = ledger_entry(&stack, before.refresh_token.expose());
+    assert!(entry.live, "{entry:?}");
+    assert_eq!(entry.presented, 0, "{entry:?}");
+    assert_eq!(stack.sim.counters().refreshes, 0);
+    assert!(stack.sim.counters().location_mints.is_empty());
+    let after = stack.install(&company).await;
+    assert_eq!(after.lease_owner, None, "no lease left behind");
+    assert_eq!(after.lease_until_ms, None);
+    assert_eq!(after.state, InstallState::Active);
+    assert_eq!(after.version, before.version);
+    assert_eq!(after.doubt_since_ms, None);
+    assert_eq!(after.refresh_token.expose(), before.refresh_token.expose());
+    // Nothing was written: no lease, no mint lock, no minted grant.
+    assert_eq!(stack.items().await, items_before, "the table changed");
+
+    // A fresh company token, too: no location token is minted that could
+    // not be stored (nobody would keep its chain alive).
+    stack
+        .seed_install(&InstallId::Company("co-f".into()), "co-f", 86_399)
+        .await;
+    stack.sim.add_locations("co-f", &[("loc-f", "F")]);
+    let items_before = stack.items().await;
+    let (t, m) = failed(
+        stack
+            .api
+            .invoke_with(
+                json!({"locationId": "loc-f", "companyId": "co-f"}),
+                InvokeOptions::with_deadline(deadline),
+            )
+            .await,
+        &[&f],
+    );
+    assert_eq!(t, "UpstreamUnavailable", "{m}");
+    assert!(m.contains("too little time is left"), "{m}");
+    assert!(stack.sim.counters().location_mints.is_empty());
+    assert_eq!(stack.items().await, items_before, "the table changed");
+
+    // With time enough, the same process mints (the config was valid all along).
+    let ok = served(
+        invoke(&stack, json!({"locationId": "loc-t", "companyId": "co-t"})).await,
+        &[&f],
+    );
+    assert_eq!(ok["source"], "minted", "{ok}");
+    assert_eq!(stack.install(&company).await.refresh_count, 1);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refreshed_minted_grant_is_labelled_refreshed() {
+    let stack = Stack::new().await;
+    stack
+        .seed_install(&InstallId::Company("co-m".into()), "co-m", 86_399)
+        .await;
+    // A grant minted earlier, now 100 s from expiry.
+    let minted_id = InstallId::Minted("loc-m".into());
+    let before = stack.seed_install(&minted_id, "co-m", 100).await;
+    stack.sim.add_locations("co-m", &[("loc-m", "M")]);
+    let f = stack.spawn("token-mint", &[]);
+
+    let r = served(
+        invoke(
+            &stack,
+            json!({"locationId": "loc-m", "minValiditySeconds": 300}),
+        )
+        .await,
+        &[&f],
+    );
+    assert_eq!(r["source"], "refreshed", "{r}");
+    let after = stack.install(&minted_id).await;
+    assert_eq!(after.refresh_count, before.refresh_count + 1, "refreshed once");
+    assert_eq!(after.version, before.version + 1);
+    assert_eq!(r["accessToken"].as_str().unwrap(), after.access_token.expose());
+    assert_ne!(r["accessToken"].as_str().unwrap(), before.access_token.expose());
+    assert!(r["expiresIn"].as_i64().unwrap() > 86_000, "{r}");
+    assert!(!ledger_entry(&stack, before.refresh_token.expose()).live);
+    assert!(stack.sim.ledger().is_live(after.refresh_token.expose()));
+    let counters = stack.sim.counters();
+    assert_eq!(counters.refreshes, 1);
+    assert_eq!(
+        counters.location_mints.get("loc-m"),
+        None,
+        "the minted chain was kept, not replaced by a new mint"
+    );
+
+    // Now it is fresh: served as is.
+    let again = served(invoke(&stack, json!({"locationId": "loc-m"})).await, &[&f]);
+    assert_eq!(again["source"], "cache", "{again}");
+    assert_eq!(again["accessToken"], r["accessToken"]);
+    assert_eq!(stack.sim.counters().refreshes, 1);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warn_lines_carry_each_json_key_once() {
+    let stack = Stack::new().await;
+    let f = stack.spawn("token-mint", &[]);
+    let cases = [
+        (
+            json!({"locationId": "nowhere"}),
+            "InstallNotFound",
+            "mint failed",
+        ),
+        (json!({}), "InvalidRequest", "mint rejected"),
+        (
+            json!({"action": "listInstalledLocations", "companyId": "co-none"}),
+            "InstallNotFound",
+            "listing failed",
+        ),
+    ];
+    let mut errors = Vec::new();
+    for (event, want_type, _) in &cases {
+        let (t, m) = failed(invoke(&stack, event.clone()).await, &[&f]);
+        assert_eq!(&t, want_type, "{event}: {m}");
+        errors.push(m);
+    }
+
+    let logs = f.logs();
+    let mut lines = Vec::new();
+    for line in &logs {
+        let v: serde_json::Map<String, Value> = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not a JSON object ({e}): {line}"));
+        let dups = duplicate_keys(line).expect("parsed once already");
+        assert!(dups.is_empty(), "keys {dups:?} appear twice in: {line}");
+        lines.push(v);
+    }
+    for ((_, want_type, event_name), text) in cases.iter().zip(&errors) {
+        let warn: Vec<_> = lines
+            .iter()
+            .filter(|l| l.get("level").and_then(Value::as_str) == Some("WARN"))
+            .filter(|l| l.values().any(|v| v.as_str() == Some(text.as_str())))
+            .collect();
+        assert_eq!(
+            warn.len(),
+            1,
+            "one WARN line carries {text:?}:\n{}",
+            logs.join("\n")
+        );
+        let warn = warn[0];
+        assert_eq!(warn["message"], *event_name, "{warn:?}");
+        assert_eq!(warn["error"], *want_type, "{warn:?}");
+        let text_keys: Vec<&String> = warn
+            .iter()
+            .filter(|(_, v)| v.as_str() == Some(text.as_str()))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            !text_keys.is_empty() && text_keys.iter().all(|k| *k != "message"),
+            "the error text is under its own key, not `message`: {warn:?}"
+        );
+    }
+    stack.assert_logs_clean(&logs, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_company_refresh_with_an_unknown_outcome_is_presented_again() {
+    let stack = Stack::new().await;
+    stack.sim.set_refresh_grace_secs(30);
+    let f = stack.spawn("token-mint", &[]);
+    // The answer is lost after HighLevel rotated the token: a 502, then a cut connection.
+    for (n, fault) in [
+        (1, Fault::ServerErrorAfterRotate { status: 502 }),
+        (2, Fault::Drop),
+    ] {
+        let co = format!("co-u{n}");
+        let loc = format!("loc-u{n}");
+        let company = InstallId::Company(co.clone());
+        let before = stack.seed_install(&company, &co, 100).await;
+        stack.sim.add_locations(&co, &[(loc.as_str(), "U")]);
+        let replays = stack.sim.counters().grace_replays;
+        stack.sim.push_fault(fault.clone());
+
+        let r = served(
+            invoke(&stack, json!({"locationId": loc, "companyId": co})).await,
+            &[&f],
+        );
+        assert_eq!(r["source"], "minted", "{fault:?}: {r}");
+        assert_eq!(
+            stack.sim.counters().location_mints.get(&loc),
+            Some(&1),
+            "{fault:?}"
+        );
+
+        let after = stack.install(&company).await;
+        assert_eq!(after.state, InstallState::Active, "{fault:?}: {after:?}");
+        assert_eq!(after.version, before.version + 1, "{fault:?}");
+        assert_eq!(after.doubt_since_ms, None, "{fault:?}");
+        assert_eq!(after.lease_owner, None, "{fault:?}");
+        let chain = stack
+            .sim
+            .ledger()
+            .newest_chain_for(ghl_sim::UserType::Company, &co, None)
+            .expect("the company's chain");
+        assert_eq!(
+            after.refresh_token.expose(),
+            chain.newest_refresh_token,
+            "{fault:?}: the install holds its chain's newest token"
+        );
+        assert!(chain.newest_live, "{fault:?}: {chain:?}");
+        assert_eq!(chain.issued, 2, "{fault:?}: rotated once: {chain:?}");
+        let first = ledger_entry(&stack, before.refresh_token.expose());
+        assert_eq!(first.presented, 2, "{fault:?}: presented again: {first:?}");
+        assert_eq!(
+            first.successor.as_deref(),
+            Some(after.refresh_token.expose()),
+            "{fault:?}"
+        );
+        let counters = stack.sim.counters();
+        assert!(
+            counters.grace_replays > replays,
+            "{fault:?}: answered from the window: {counters:?}"
+        );
+        assert_eq!(counters.stale_presentations, 0, "{counters:?}");
+    }
+    assert_eq!(stack.sim.counters().faults_injected, 2);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_waves_of_concurrent_mints_for_one_location_make_one_highlevel_call() {
+    let stack = Stack::new().await;
+    stack
+        .seed_install(&InstallId::Company("co-w".into()), "co-w", 86_399)
+        .await;
+    let warm: Vec<String> = (0..16).map(|i| format!("loc-warm{i}")).collect();
+    let mut locs: Vec<(&str, &str)> = warm.iter().map(|l| (l.as_str(), "W")).collect();
+    locs.push(("loc-w", "W"));
+    stack.sim.add_locations("co-w", &locs);
+    stack.sim.set_faults(Faults {
+        latency_ms: 300,
+        ..Default::default()
+    });
+    let procs: Vec<FunctionProcess> = (0..16).map(|_| stack.spawn("token-mint", &[])).collect();
+    let refs: Vec<&FunctionProcess> = procs.iter().collect();
+    // Past their cold starts first, so the waves really run side by side.
+    let warm_up: Vec<_> = warm
+        .iter()
+        .map(|l| invoke(&stack, json!({"locationId": l, "companyId": "co-w"})))
+        .collect();
+    for r in join_all(warm_up).await {
+        served(r, &refs);
+    }
+
+    let mint = || invoke(&stack, json!({"locationId": "loc-w", "companyId": "co-w"}));
+    let first: Vec<_> = (0..8).map(|_| mint()).collect();
+    // The second wave starts the moment HighLevel has minted for the first:
+    // its winner is storing the token and giving up the lock while the
+    // others poll, and the newcomers read, miss and race for the lock.
+    let second = async {
+        let waiting = Instant::now();
+        while !stack.sim.counters().location_mints.contains_key("loc-w") {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(25),
+                "the first wave never reached HighLevel"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        join_all((0..8).map(|_| mint()).collect()).await
+    };
+    let (first, second) = tokio::join!(join_all(first), second);
+    let results: Vec<Value> = first
+        .into_iter()
+        .chain(second)
+        .map(|r| served(r, &refs))
+        .collect();
+    assert_eq!(results.len(), 16);
+    let tokens: std::collections::HashSet<&str> = results
+        .iter()
+        .map(|r| r["accessToken"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 1, "everyone got the one minted token");
+    assert_eq!(
+        stack.sim.counters().location_mints.get("loc-w"),
+        Some(&1),
+        "exactly one HighLevel call for the location"
+    );
+    let sources: Vec<&str> = results
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources.iter().filter(|s| **s == "minted").count(),
+        1,
+        "{sources:?}"
+    );
+    assert!(
+        sources.iter().all(|s| *s == "minted" || *s == "cache"),
+        "{sources:?}"
+    );
+    let logs: Vec<String> = procs.iter().flat_map(|p| p.logs()).collect();
+    stack.assert_logs_clean(&logs, &[]).await;
 }

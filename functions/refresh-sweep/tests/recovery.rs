@@ -1,0 +1,805 @@
+//! Recovery from unknown outcomes, abandoned leases and replaced grants:
+//! `refresh-sweep` run as real processes under the Lambda Runtime API
+//! emulator, against moto and the HighLevel simulator (strict, or with
+//! HighLevel's 30 s same-token window).
+//!
+//! Each test pins a defect of the earlier design: an unknown outcome ended
+//! `in_doubt` for good, a 5xx meant "not consumed", an abandoned lease went
+//! straight to `in_doubt`, a slow HighLevel cost every install it touched,
+//! a reinstall or an unreadable item left a lease behind, a retried lease
+//! write locked out its own writer, and a minted grant revoked behind our
+//! back stayed revoked.
+
+use ghl_sim::{Chain, Fault, Faults, Ledger, SimConfig};
+use serde_json::Value;
+use shared::model::{InstallId, InstallState, TokenPair, now_millis, now_secs};
+use shared::store::{Install, LeaseOutcome, LeaseWhen, StateChange, lease_token};
+use std::time::Duration;
+use testkit::stack::{Stack, scheduled_event};
+use testkit::{FunctionProcess, InvokeError, InvokeOptions};
+
+async fn sweep(stack: &Stack, deadline: Duration) -> Result<Value, InvokeError> {
+    stack
+        .api
+        .invoke_with(scheduled_event(), InvokeOptions::with_deadline(deadline))
+        .await
+}
+
+/// A sweep that must answer; on failure the process's logs are in the panic.
+async fn sweep_ok(stack: &Stack, f: &FunctionProcess, deadline: Duration) -> Value {
+    match sweep(stack, deadline).await {
+        Ok(s) => s,
+        Err(e) => panic!("sweep failed: {e:?}; logs: {:#?}", f.logs()),
+    }
+}
+
+/// A stack whose simulator answers a rotated token with the same pair for 30 s.
+async fn windowed_stack() -> Stack {
+    Stack::with_sim(SimConfig {
+        refresh_grace_secs: 30,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// Refreshes a seeded install directly at the simulator, as a worker that
+/// then died would have: the old token is used up, the new pair exists only
+/// where the test puts it.
+async fn refresh_behind_the_sweeps_back(stack: &Stack, seeded: &Install) -> TokenPair {
+    let grant = stack
+        .svc
+        .ghl
+        .refresh(
+            &stack.app,
+            &seeded.refresh_token,
+            shared::model::UserType::Company,
+        )
+        .await
+        .unwrap();
+    TokenPair {
+        access_token: grant.access_token.clone(),
+        refresh_token: grant.refresh_token.clone().unwrap(),
+        expires_at: now_secs() + 86_399,
+    }
+}
+
+/// The newest grant HighLevel holds for an install.
+fn newest_chain(ledger: &Ledger, id: &InstallId) -> Chain {
+    let chain = match id {
+        InstallId::Company(c) => ledger.newest_chain_for(ghl_sim::UserType::Company, c, None),
+        InstallId::Location(l) | InstallId::Minted(l) => {
+            ledger.newest_chain_for(ghl_sim::UserType::Location, "", Some(l))
+        }
+    };
+    chain.unwrap_or_else(|| panic!("HighLevel holds no grant for {id}"))
+}
+
+/// The install is active, leased by nobody, in no doubt, and holds the
+/// newest refresh token of its newest grant, which HighLevel still honours.
+async fn assert_active_on_newest(stack: &Stack, id: &InstallId) -> Install {
+    let i = stack.install(id).await;
+    let ledger = stack.sim.ledger();
+    let chain = newest_chain(&ledger, id);
+    assert_eq!(i.state, InstallState::Active, "{id}: {:?}", i.state_reason);
+    assert!(i.lease_owner.is_none(), "{id} left leased");
+    assert!(i.doubt_since_ms.is_none(), "{id} still in doubt");
+    assert!(
+        i.refresh_token.expose() == chain.newest_refresh_token,
+        "{id} does not hold its chain's newest token: {chain:?}"
+    );
+    assert!(chain.newest_live && !chain.revoked, "{id}: {chain:?}");
+    i
+}
+
+/// The install is `lost` holding `token`, and the simulator confirms why:
+/// HighLevel rotated `token` and the pair it issued was never presented
+/// (never reached us).
+async fn assert_confirmed_lost(stack: &Stack, id: &InstallId, token: &str) {
+    let i = stack.install(id).await;
+    assert_eq!(i.state, InstallState::Lost, "{id}: {:?}", i.state_reason);
+    assert!(
+        i.state_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unknown outcome"),
+        "{id}: {:?}",
+        i.state_reason
+    );
+    assert!(
+        i.due_at.is_none(),
+        "{id}: lost installs leave the due index"
+    );
+    assert!(
+        i.doubt_since_ms.is_some() && i.lease_owner.is_none(),
+        "{id}"
+    );
+    assert!(
+        i.refresh_token.expose() == token,
+        "{id} holds another token"
+    );
+    let ledger = stack.sim.ledger();
+    let ours = ledger
+        .tokens
+        .iter()
+        .find(|t| t.refresh_token == token)
+        .unwrap_or_else(|| panic!("{id}: HighLevel never issued the token"));
+    let chain = newest_chain(&ledger, id);
+    assert!(
+        ours.successor.as_deref() == Some(chain.newest_refresh_token.as_str()),
+        "{id}: HighLevel did not rotate our token into the chain's newest: {ours:?} {chain:?}"
+    );
+    assert_eq!(
+        chain.newest_presented, 0,
+        "{id}: the new pair reached someone: {chain:?}"
+    );
+}
+
+/// The presentations HighLevel decided on for one refresh token.
+fn presentations(stack: &Stack, token: &str) -> u32 {
+    stack
+        .sim
+        .ledger()
+        .tokens
+        .iter()
+        .find(|t| t.refresh_token == token)
+        .map(|t| t.presented)
+        .unwrap_or_else(|| panic!("HighLevel never issued the token"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_highlevel_costs_no_install_with_the_window() {
+    let stack = windowed_stack().await;
+    let ids = stack.seed_many("slow-w", 48, 60).await;
+    // Every answer comes 500 ms after the client has given up on it.
+    stack.sim.set_faults(Faults {
+        latency_ms: 2_500,
+        ..Default::default()
+    });
+    let f = stack.spawn(
+        "refresh-sweep",
+        &[
+            ("GHL_HTTP_TIMEOUT_MS", "2000"),
+            ("SWEEP_CONCURRENCY", "16"),
+            ("BREAKER_MIN_ATTEMPTS", "100000"),
+        ],
+    );
+    let s = sweep_ok(&stack, &f, Duration::from_secs(120)).await;
+    assert_eq!(
+        (s["lost"].as_u64(), s["inDoubt"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["complete"], true, "{s}");
+    let recovered = s["recovered"].as_u64().unwrap();
+    assert!(recovered > 0, "re-presentations got the pair: {s}");
+    assert_eq!(
+        s["refreshed"].as_u64().unwrap() + recovered,
+        48,
+        "every install got its pair in this run: {s}"
+    );
+    for id in &ids {
+        let i = assert_active_on_newest(&stack, id).await;
+        assert_eq!(i.refresh_count, 1, "{id}");
+        assert!(i.due_at.unwrap() > now_secs(), "{id} still due");
+    }
+    let counters = stack.sim.counters();
+    assert!(counters.grace_replays >= recovered, "{counters:?}");
+    assert_eq!(counters.stale_presentations, 0, "{counters:?}");
+    assert_eq!(
+        counters.refreshes, 48,
+        "one rotation per install: {counters:?}"
+    );
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_early_breaker_stops_a_slow_run() {
+    // Strict: every answer HighLevel gives too late costs its install.
+    let stack = Stack::new().await;
+    let ids = stack.seed_many("slow-s", 60, 60).await;
+    let seeded: Vec<Install> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(stack.install(id).await);
+        }
+        v
+    };
+    stack.sim.set_faults(Faults {
+        latency_ms: 2_500,
+        ..Default::default()
+    });
+    let concurrency = 4;
+    let f = stack.spawn(
+        "refresh-sweep",
+        &[
+            ("GHL_HTTP_TIMEOUT_MS", "2000"),
+            ("SWEEP_CONCURRENCY", "4"),
+            ("BREAKER_MIN_ATTEMPTS", "4"),
+            ("BREAKER_PERCENT", "50"),
+        ],
+    );
+    let s = sweep_ok(&stack, &f, Duration::from_secs(120)).await;
+    assert_eq!(s["stopped"], "breaker:unknown", "{s}");
+    assert_eq!(s["complete"], false, "{s}");
+    let mut presented = 0;
+    let mut lost = 0;
+    for before in &seeded {
+        let id = &before.id;
+        let token = before.refresh_token.expose();
+        if presentations(&stack, token) == 0 {
+            // Never presented: untouched, live, and still due for the next run.
+            let i = stack.install(id).await;
+            assert_eq!(i.state, InstallState::Active, "{id}");
+            assert_eq!((i.version, i.refresh_count), (before.version, 0), "{id}");
+            assert!(i.refresh_token.expose() == token, "{id} token changed");
+            assert!(stack.sim.ledger().is_live(token), "{id} token dead");
+            assert!(i.due_at.unwrap() <= now_secs(), "{id} no longer due");
+            assert!(i.lease_owner.is_none(), "{id} left leased");
+            continue;
+        }
+        presented += 1;
+        // In flight when the breaker tripped: strict HighLevel rotated and
+        // the answer came too late, so these are lost, and provably so.
+        if stack.install(id).await.state == InstallState::Lost {
+            lost += 1;
+            assert_confirmed_lost(&stack, id, token).await;
+        }
+    }
+    assert!(
+        (1..=2 * concurrency).contains(&presented),
+        "{presented} of 60 presented; the breaker should stop after the first slots: {s}"
+    );
+    assert_eq!(s["lost"].as_u64(), Some(lost), "{s}");
+    assert_eq!(
+        s["lost"].as_u64().unwrap() + s["inDoubt"].as_u64().unwrap(),
+        presented,
+        "{s}"
+    );
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_5xx_after_rotation_is_lost_when_strict_and_recovered_with_the_window() {
+    let stack = Stack::new().await;
+    let f = stack.spawn(
+        "refresh-sweep",
+        &[("SWEEP_CONCURRENCY", "1"), ("BREAKER_MIN_ATTEMPTS", "1000")],
+    );
+
+    // Strict: HighLevel rotated, then said 502. The re-presentation earns
+    // Invalid grant: lost (the new pair exists and never reached us), not revoked.
+    let strict = InstallId::Company("rot-strict".into());
+    let seeded = stack.seed_install(&strict, "rot-strict", 60).await;
+    stack
+        .sim
+        .push_fault(Fault::ServerErrorAfterRotate { status: 502 });
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(
+        (s["lost"].as_u64(), s["revoked"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert_confirmed_lost(&stack, &strict, seeded.refresh_token.expose()).await;
+
+    // With the window: the same fault, and the re-presentation gets the pair.
+    stack.sim.set_refresh_grace_secs(30);
+    let windowed = InstallId::Company("rot-window".into());
+    let seeded = stack.seed_install(&windowed, "rot-window", 60).await;
+    stack
+        .sim
+        .push_fault(Fault::ServerErrorAfterRotate { status: 502 });
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(s["recovered"], 1, "{s}");
+    assert_eq!(
+        (s["lost"].as_u64(), s["inDoubt"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    let i = assert_active_on_newest(&stack, &windowed).await;
+    assert_eq!(i.version, seeded.version + 1);
+    let counters = stack.sim.counters();
+    assert!(counters.grace_replays >= 1, "{counters:?}");
+    assert_eq!(counters.stale_presentations, 0, "{counters:?}");
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_answer_is_recovered_within_the_window() {
+    let stack = windowed_stack().await;
+    let id = InstallId::Company("dropped-w".into());
+    let seeded = stack.seed_install(&id, "dropped-w", 60).await;
+    stack.sim.push_fault(Fault::Drop);
+    let f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(s["recovered"], 1, "{s}");
+    assert_eq!(
+        (s["lost"].as_u64(), s["inDoubt"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    let i = assert_active_on_newest(&stack, &id).await;
+    assert_eq!((i.version, i.refresh_count), (seeded.version + 1, 1));
+    // Presented twice on purpose: the drop, then the re-presentation the
+    // window answered with the same pair.
+    assert_eq!(presentations(&stack, seeded.refresh_token.expose()), 2);
+    let counters = stack.sim.counters();
+    assert_eq!(
+        (counters.refreshes, counters.grace_replays),
+        (1, 1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.stale_presentations, 0);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_garbled_200_and_a_200_without_refresh_token_are_recovered() {
+    let stack = windowed_stack().await;
+    let f = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "1")]);
+    for (name, fault) in [
+        ("garbled", Fault::Garbled),
+        ("no-refresh-token", Fault::NoRefreshToken),
+    ] {
+        let id = InstallId::Company(name.into());
+        let seeded = stack.seed_install(&id, name, 60).await;
+        stack.sim.push_fault(fault);
+        let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+        assert_eq!(s["recovered"], 1, "{name}: {s}");
+        assert_eq!(
+            (
+                s["lost"].as_u64(),
+                s["inDoubt"].as_u64(),
+                s["retrying"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{name}: {s}"
+        );
+        let i = assert_active_on_newest(&stack, &id).await;
+        assert_eq!(i.version, seeded.version + 1, "{name}");
+        assert_eq!(
+            presentations(&stack, seeded.refresh_token.expose()),
+            2,
+            "{name}"
+        );
+    }
+    let counters = stack.sim.counters();
+    assert_eq!(
+        (counters.refreshes, counters.grace_replays),
+        (2, 2),
+        "{counters:?}"
+    );
+    assert_eq!(counters.stale_presentations, 0);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_metadata_in_a_200_keeps_the_pair() {
+    // Strict: a 200 thrown away for its metadata would be a lost grant.
+    let stack = Stack::new().await;
+    let id = InstallId::Company("odd".into());
+    let seeded = stack.seed_install(&id, "odd", 60).await;
+    stack.sim.push_fault(Fault::OddMetadata);
+    let f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(s["refreshed"], 1, "{s}");
+    assert_eq!(
+        (
+            s["lost"].as_u64(),
+            s["inDoubt"].as_u64(),
+            s["recovered"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{s}"
+    );
+    let i = assert_active_on_newest(&stack, &id).await;
+    assert_eq!(i.version, seeded.version + 1);
+    assert_eq!(presentations(&stack, seeded.refresh_token.expose()), 1);
+    // The scope came as an array and is kept as text; identity is unchanged.
+    assert_eq!(i.info.scope, seeded.info.scope);
+    assert_eq!(i.info.company_id.as_deref(), Some("odd"));
+    assert_eq!(stack.sim.counters().faults_injected, 1);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+/// The environment of a sweep that never re-presents at once and probes an
+/// in-doubt install a second later.
+const PROBE_ENV: &[(&str, &str)] = &[
+    ("GHL_REPRESENT_WINDOW_MS", "0"),
+    ("BACKOFF_BASE_SECS", "1"),
+    ("BACKOFF_MAX_SECS", "1"),
+];
+
+/// Sweeps once with a dropped answer: the install must wait in doubt, due
+/// again shortly. Returns the seeded install.
+async fn drop_into_doubt(stack: &Stack, f: &FunctionProcess, id: &InstallId) -> Install {
+    let seeded = stack.seed_install(id, id.id(), 60).await;
+    stack.sim.push_fault(Fault::Drop);
+    let s = sweep_ok(stack, f, Duration::from_secs(60)).await;
+    assert_eq!(s["inDoubt"], 1, "{s}");
+    assert_eq!(
+        (s["lost"].as_u64(), s["recovered"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    let i = stack.install(id).await;
+    assert_eq!(i.state, InstallState::InDoubt, "{:?}", i.state_reason);
+    let due = i
+        .due_at
+        .expect("an in-doubt install stays in the due index");
+    assert!(due <= now_secs() + 2, "probed within the backoff: {due}");
+    assert!(i.doubt_since_ms.is_some_and(|d| d <= now_millis()));
+    assert!(i.lease_owner.is_none());
+    assert!(i.refresh_token.expose() == seeded.refresh_token.expose());
+    assert_eq!(presentations(stack, seeded.refresh_token.expose()), 1);
+    // Wait for the due time itself, not a test shortcut.
+    while now_secs() < due {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    seeded
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_doubt_waits_for_a_probe_that_recovers_it() {
+    let stack = windowed_stack().await;
+    let f = stack.spawn("refresh-sweep", PROBE_ENV);
+    let id = InstallId::Company("probe-w".into());
+    let seeded = drop_into_doubt(&stack, &f, &id).await;
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(s["recovered"], 1, "{s}");
+    assert_eq!(s["inDoubt"], 0, "{s}");
+    let i = assert_active_on_newest(&stack, &id).await;
+    assert_eq!((i.version, i.failures), (seeded.version + 1, 0));
+    assert!(i.due_at.unwrap() > now_secs());
+    let counters = stack.sim.counters();
+    assert_eq!(
+        (counters.refreshes, counters.grace_replays),
+        (1, 1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.stale_presentations, 0);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_doubt_probed_after_highlevels_window_is_lost() {
+    // Strict: the probe comes after HighLevel stopped answering the old token.
+    let stack = Stack::new().await;
+    let f = stack.spawn("refresh-sweep", PROBE_ENV);
+    let id = InstallId::Company("probe-s".into());
+    let seeded = drop_into_doubt(&stack, &f, &id).await;
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(
+        (s["lost"].as_u64(), s["revoked"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert_confirmed_lost(&stack, &id, seeded.refresh_token.expose()).await;
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(s["examined"], 0, "lost installs are not probed again: {s}");
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+/// A worker takes the install's lease for one second and dies.
+async fn dead_worker_takes_the_lease(stack: &Stack, id: &InstallId) {
+    let taken = stack
+        .store()
+        .acquire_lease(
+            id,
+            &lease_token("dead-worker"),
+            Duration::from_secs(1),
+            LeaseWhen::DueBy(now_secs()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            taken,
+            LeaseOutcome::Acquired {
+                abandoned: false,
+                ..
+            }
+        ),
+        "{taken:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_lease_is_probed_not_given_up() {
+    let stack = windowed_stack().await;
+    // This worker died before presenting the token.
+    let quiet = InstallId::Company("dead-quiet".into());
+    let quiet_seeded = stack.seed_install(&quiet, "dead-quiet", 60).await;
+    dead_worker_takes_the_lease(&stack, &quiet).await;
+    // This one presented it, and died before journaling the answer.
+    let spent = InstallId::Company("dead-spent".into());
+    let spent_seeded = stack.seed_install(&spent, "dead-spent", 60).await;
+    dead_worker_takes_the_lease(&stack, &spent).await;
+    let pair = refresh_behind_the_sweeps_back(&stack, &spent_seeded).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(
+        s["refreshed"].as_u64().unwrap() + s["recovered"].as_u64().unwrap(),
+        2,
+        "{s}"
+    );
+    assert_eq!(
+        (
+            s["inDoubt"].as_u64(),
+            s["lost"].as_u64(),
+            s["skippedLocked"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{s}"
+    );
+
+    let i = assert_active_on_newest(&stack, &quiet).await;
+    assert_eq!(i.version, quiet_seeded.version + 1);
+    assert_eq!(
+        presentations(&stack, quiet_seeded.refresh_token.expose()),
+        1,
+        "the probe was the only presentation"
+    );
+
+    // The probe got the very pair the dead worker was given.
+    let i = assert_active_on_newest(&stack, &spent).await;
+    assert!(i.refresh_token.expose() == pair.refresh_token.expose());
+    assert!(i.access_token.expose() == pair.access_token.expose());
+    assert_eq!(i.version, spent_seeded.version + 1);
+    let counters = stack.sim.counters();
+    assert_eq!(
+        (counters.refreshes, counters.grace_replays),
+        (2, 1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.stale_presentations, 0);
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_lease_whose_token_was_spent_is_lost_when_strict() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("dead-strict".into());
+    let seeded = stack.seed_install(&id, "dead-strict", 60).await;
+    dead_worker_takes_the_lease(&stack, &id).await;
+    let pair = refresh_behind_the_sweeps_back(&stack, &seeded).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(
+        (s["lost"].as_u64(), s["revoked"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert_confirmed_lost(&stack, &id, seeded.refresh_token.expose()).await;
+    let ledger = stack.sim.ledger();
+    assert!(
+        newest_chain(&ledger, &id).newest_refresh_token == pair.refresh_token.expose(),
+        "the dead worker's pair is the one lost"
+    );
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reinstall_during_a_refresh_leaves_no_lease_and_no_doubt() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("reinstalled".into());
+    let old = stack.seed_install(&id, "reinstalled", 60).await;
+    let token = lease_token("slow-worker");
+    let taken = stack
+        .store()
+        .acquire_lease(
+            &id,
+            &token,
+            Duration::from_secs(2),
+            LeaseWhen::DueBy(now_secs()),
+        )
+        .await
+        .unwrap();
+    let LeaseOutcome::Acquired { install: held, .. } = taken else {
+        panic!("lease not taken: {taken:?}");
+    };
+    // The customer reinstalls while the worker holds the lease.
+    let new = stack.seed_install(&id, "reinstalled", 60).await;
+    assert!(
+        new.lease_owner.is_none(),
+        "the reinstall released the lease"
+    );
+    assert!(new.lease_until_ms.is_none() && new.doubt_since_ms.is_none());
+    assert!(new.version > held.version && new.install_count == 2);
+    let stored = stack.install(&id).await;
+    assert!(stored.lease_owner.is_none());
+    // The old worker wakes up: none of its fenced writes lands on the new grant.
+    let marked = stack
+        .store()
+        .record_state(
+            &id,
+            &token,
+            held.version,
+            &StateChange {
+                state: InstallState::InDoubt,
+                reason: "late worker",
+                due_at: Some(now_secs()),
+                failures: 1,
+                doubt_since_ms: Some(now_millis()),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!marked, "a late worker marked the reinstalled grant");
+    // Past the old lease's end, as a sweep would come.
+    while now_millis() <= held.lease_until_ms.unwrap() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(s["refreshed"], 1, "refreshed normally, not probed: {s}");
+    assert_eq!(
+        (
+            s["recovered"].as_u64(),
+            s["inDoubt"].as_u64(),
+            s["lost"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{s}"
+    );
+    let i = assert_active_on_newest(&stack, &id).await;
+    assert_eq!(i.version, new.version + 1);
+    assert_eq!(presentations(&stack, new.refresh_token.expose()), 1);
+    assert_eq!(
+        presentations(&stack, old.refresh_token.expose()),
+        0,
+        "the replaced grant's token was never presented"
+    );
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_function_with_an_old_data_key_leaves_no_lease() {
+    let mut stack = Stack::new().await;
+    let mut warm = stack.spawn("refresh-sweep", &[]);
+    // An empty run: the process has finished its cold start and holds k1 only.
+    let s = sweep_ok(&stack, &warm, Duration::from_secs(60)).await;
+    assert_eq!(s["examined"], 0, "{s}");
+    stack.rotate_data_key("k2").await;
+    let id = InstallId::Company("sealed-k2".into());
+    let seeded = stack.seed_install(&id, "sealed-k2", 60).await;
+    assert!(!seeded.stale_key);
+
+    let s = sweep_ok(&stack, &warm, Duration::from_secs(60)).await;
+    assert_eq!(
+        (
+            s["refreshed"].as_u64(),
+            s["inDoubt"].as_u64(),
+            s["lost"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{s}"
+    );
+    assert!(s["storeErrors"].as_u64().unwrap() >= 1, "{s}");
+    let i = stack.install(&id).await;
+    assert!(
+        i.lease_owner.is_none(),
+        "an item it cannot open was left leased"
+    );
+    assert!(i.lease_until_ms.is_none() && i.doubt_since_ms.is_none());
+    assert_eq!((i.state, i.version), (InstallState::Active, seeded.version));
+    assert!(i.due_at.unwrap() <= now_secs(), "still due");
+    assert!(stack.sim.ledger().is_live(seeded.refresh_token.expose()));
+    assert_eq!(presentations(&stack, seeded.refresh_token.expose()), 0);
+    let mut logs = warm.logs();
+    warm.kill().await;
+
+    // A new execution environment loads k2 and refreshes it at once.
+    let fresh = stack.spawn("refresh-sweep", &[]);
+    let s = sweep_ok(&stack, &fresh, Duration::from_secs(60)).await;
+    assert_eq!(s["refreshed"], 1, "{s}");
+    assert_eq!(s["storeErrors"], 0, "{s}");
+    let i = assert_active_on_newest(&stack, &id).await;
+    assert_eq!(i.version, seeded.version + 1);
+    logs.extend(fresh.logs());
+    stack.assert_logs_clean(&logs, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lease_write_retried_after_it_landed_is_recognised() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("retried-lease".into());
+    stack.seed_install(&id, "retried-lease", 60).await;
+    let store = stack.store();
+    let t = lease_token("w");
+    let lease = Duration::from_secs(30);
+    let first = store
+        .acquire_lease(&id, &t, lease, LeaseWhen::DueBy(now_secs()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            first,
+            LeaseOutcome::Acquired {
+                abandoned: false,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    // The SDK's retry of the same write, whose first answer was lost.
+    let again = store
+        .acquire_lease(&id, &t, lease, LeaseWhen::DueBy(now_secs()))
+        .await
+        .unwrap();
+    match &again {
+        LeaseOutcome::Acquired {
+            install,
+            abandoned: false,
+        } => assert_eq!(install.lease_owner.as_deref(), Some(t.as_str())),
+        other => panic!("the retried lease write was not recognised as ours: {other:?}"),
+    }
+    // Anyone else, including the same worker's next taking, is held off.
+    let other = lease_token("w");
+    assert_ne!(other, t);
+    let held = store
+        .acquire_lease(&id, &other, lease, LeaseWhen::DueBy(now_secs()))
+        .await
+        .unwrap();
+    match held {
+        LeaseOutcome::Held { owner, until_ms } => {
+            assert_eq!(owner, t);
+            assert!(until_ms > now_millis());
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    let stored = stack.install(&id).await;
+    assert_eq!(stored.lease_owner.as_deref(), Some(t.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_minted_grant_revoked_behind_our_back_is_minted_again_by_the_sweep() {
+    let stack = Stack::new().await;
+    let company = InstallId::Company("co".into());
+    let company_before = stack.seed_install(&company, "co", 86_399).await;
+    stack.sim.add_locations("co", &[("loc-h", "H")]);
+    let minted = InstallId::Minted("loc-h".into());
+    let old = stack.seed_install(&minted, "co", 60).await;
+    stack.sim.revoke(ghl_sim::UserType::Location, "loc-h");
+
+    let f = stack.spawn("refresh-sweep", &[]);
+    let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    assert_eq!(
+        (s["revoked"].as_u64(), s["reminted"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["examined"], 1, "only the minted grant was due: {s}");
+    let i = assert_active_on_newest(&stack, &minted).await;
+    assert!(i.refresh_token.expose() != old.refresh_token.expose());
+    assert!(i.version > old.version);
+    assert_eq!(i.info.company_id.as_deref(), Some("co"));
+    assert!(i.expires_at > now_secs() + 86_000);
+    assert_eq!(
+        stack.sim.counters().location_mints.get("loc-h").copied(),
+        Some(1)
+    );
+    // The company grant lent its access token and was not refreshed.
+    let c = stack.install(&company).await;
+    assert_eq!(
+        (c.state, c.version),
+        (InstallState::Active, company_before.version)
+    );
+    // The single-flight mint lock is gone, so a caller can mint at once.
+    let locks: Vec<_> = stack
+        .items()
+        .await
+        .into_iter()
+        .filter(|item| {
+            item.get("pk")
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|pk| pk.starts_with("lock#"))
+        })
+        .collect();
+    assert!(locks.is_empty(), "mint lock left behind: {locks:?}");
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
