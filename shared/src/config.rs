@@ -273,9 +273,7 @@ impl CommonConfig {
             return Err(ConfigError::Invalid {
                 var: "AWS_OPERATION_TIMEOUT_MS",
                 expected: "milliseconds, at least AWS_ATTEMPT_TIMEOUT_MS",
-                reason: format!(
-                    "{operation_ms} ms leaves no room for one {attempt_ms} ms attempt"
-                ),
+                reason: format!("{operation_ms} ms leaves no room for one {attempt_ms} ms attempt"),
             });
         }
         let lease_secs = env.number("LEASE_SECS", 90u64, 5, 900, "seconds, 5 to 900")?;

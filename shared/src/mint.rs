@@ -14,7 +14,7 @@ use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_
 use crate::redact::SecretString;
 use crate::refresh::{Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
 use crate::services::Services;
-use crate::store::{Install, LeaseWhen, StoreError};
+use crate::store::{Install, LeaseWhen, StoreError, lease_token};
 use serde::Serialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -470,11 +470,13 @@ impl Minter<'_> {
     ) -> Result<MintResponse, MintError> {
         let minted_id = InstallId::Minted(loc.to_owned());
         let started = Instant::now();
+        let lock = format!("mint#{loc}");
+        let token = lease_token(self.owner);
         loop {
             if self
                 .svc
                 .store
-                .try_lock(&format!("mint#{loc}"), self.owner, self.policy.lease)
+                .try_lock(&lock, &token, self.policy.lease)
                 .await?
             {
                 // Re-read under the lock: a minter that released it just
@@ -487,10 +489,7 @@ impl Minter<'_> {
                     Ok(_) => self.mint_locked(loc, company_id).await,
                     Err(e) => Err(e.into()),
                 };
-                self.svc
-                    .store
-                    .unlock(&format!("mint#{loc}"), self.owner)
-                    .await?;
+                self.svc.store.unlock(&lock, &token).await?;
                 return result;
             }
             // Another invocation is minting this location: wait for its token.

@@ -148,9 +148,7 @@ impl InstallState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-        .find(|st| st.as_str() == s)
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     /// States whose refresh token is still presented: on schedule, after a
@@ -439,7 +437,14 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in ["active", "retrying", "suspended", "revoked", "in_doubt", "lost"] {
+        for s in [
+            "active",
+            "retrying",
+            "suspended",
+            "revoked",
+            "in_doubt",
+            "lost",
+        ] {
             assert_eq!(InstallState::parse(s).unwrap().as_str(), s);
         }
         assert!(InstallState::parse("gone").is_none());

@@ -29,10 +29,10 @@ use crate::app_secret::AppSecret;
 use crate::config::CommonConfig;
 use crate::ghl::{GhlClient, GhlError, ReconnectTarget};
 use crate::model::{InstallId, InstallState, TokenGrant, TokenPair, now_millis, now_secs};
-use crate::store::{
-    Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreError, lease_token,
-};
+use crate::store::{Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreError, lease_token};
 use rand::Rng;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
@@ -238,6 +238,26 @@ enum Answer {
     Unknown(GhlError),
 }
 
+/// One send's answer, sorted.
+enum Settled {
+    Pair(Box<TokenGrant>, TokenPair),
+    Refused(GhlError),
+    Unknown(GhlError),
+}
+
+fn settle(result: Result<TokenGrant, GhlError>) -> Settled {
+    match result {
+        Ok(grant) => match pair_from(&grant) {
+            Some(pair) => Settled::Pair(Box::new(grant), pair),
+            None => Settled::Unknown(GhlError::ResponseLost(
+                "a 200 answer without a refresh_token".into(),
+            )),
+        },
+        Err(e) if e.is_unknown_outcome() => Settled::Unknown(e),
+        Err(e) => Settled::Refused(e),
+    }
+}
+
 struct Presentation {
     answer: Answer,
     /// When the first send of this refresh left (epoch ms).
@@ -302,8 +322,7 @@ impl Refresher<'_> {
 
     /// Whether `need` fits before the deadline.
     fn time_for(&self, need: Duration) -> bool {
-        self.deadline
-            .is_none_or(|d| Instant::now() + need <= d)
+        self.deadline.is_none_or(|d| Instant::now() + need <= d)
     }
 
     /// The last moment an answer may arrive and still be stored: the lease
@@ -395,78 +414,121 @@ impl Refresher<'_> {
     }
 
     /// Presents the refresh token, and again while its outcome is unknown and
-    /// the window, lease and deadline allow. The first attempt uses the
-    /// client's timeout; each re-presentation waits as long as the budget
-    /// allows, since an answer slower than the timeout is still the answer.
+    /// the window, lease and deadline allow.
+    ///
+    /// The first send is never abandoned: after `GHL_HTTP_TIMEOUT_MS` its
+    /// outcome counts as unknown and re-presentations start, but its answer
+    /// is still awaited for as long as the budget allows, beside them. A slow
+    /// HighLevel that rotated the token answers the first send with the new
+    /// pair (a strict HighLevel answers the re-presentations `Invalid grant`);
+    /// a HighLevel that never got the first send answers a re-presentation.
+    /// A pair from either ends it; a refusal waits for the other to finish.
     async fn present(&self, install: &Install) -> Presentation {
+        type Sent<'f> = Pin<Box<dyn Future<Output = Result<TokenGrant, GhlError>> + Send + 'f>>;
+        let send = |timeout: Duration| -> Sent<'_> {
+            Box::pin(self.ghl.refresh_within(
+                self.app,
+                &install.refresh_token,
+                install.id.user_type(),
+                Some(timeout),
+            ))
+        };
         let first_sent_ms = now_millis();
         let window_end = Instant::now() + self.policy.represent_window;
         let budget_end = self.budget_end(install);
-        let mut timeout = None;
+        let done = |answer, attempts| Presentation {
+            answer,
+            first_sent_ms,
+            unknown_seen: true,
+            attempts,
+        };
+        let hard = budget_end
+            .saturating_duration_since(Instant::now())
+            .max(self.policy.request_timeout);
+        let mut first = Some(send(hard));
+        let mut last_unknown = GhlError::Timeout;
+        let mut refused: Option<GhlError> = None;
+        // The first answer within the client's timeout decides alone.
+        if let Ok(result) = tokio::time::timeout(
+            self.policy.request_timeout,
+            first.as_mut().expect("just set"),
+        )
+        .await
+        {
+            first = None;
+            match settle(result) {
+                Settled::Pair(grant, pair) => {
+                    self.first_answer(false);
+                    return Presentation {
+                        answer: Answer::Pair(grant, pair),
+                        first_sent_ms,
+                        unknown_seen: false,
+                        attempts: 1,
+                    };
+                }
+                Settled::Refused(e) => {
+                    self.first_answer(false);
+                    return Presentation {
+                        answer: Answer::Refused(e),
+                        first_sent_ms,
+                        unknown_seen: false,
+                        attempts: 1,
+                    };
+                }
+                Settled::Unknown(e) => last_unknown = e,
+            }
+        }
+        self.first_answer(true);
+        let mut attempts = 1;
+        let mut again: Option<Sent<'_>> = None;
         let mut delay = FIRST_REPRESENT_DELAY;
-        let mut unknown_seen = false;
-        let mut attempts = 0;
         loop {
-            attempts += 1;
-            let result = self
-                .ghl
-                .refresh_within(
-                    self.app,
-                    &install.refresh_token,
-                    install.id.user_type(),
-                    timeout,
-                )
-                .await;
-            let err = match result {
-                Ok(grant) => match pair_from(&grant) {
-                    Some(pair) => {
-                        if attempts == 1 {
-                            self.first_answer(false);
-                        }
-                        return Presentation {
-                            answer: Answer::Pair(Box::new(grant), pair),
-                            first_sent_ms,
-                            unknown_seen,
-                            attempts,
-                        };
-                    }
-                    None => GhlError::ResponseLost("a 200 answer without a refresh_token".into()),
-                },
-                Err(e) => e,
+            if again.is_none() && refused.is_none() {
+                let next = Instant::now() + delay;
+                let left = budget_end.saturating_duration_since(next);
+                if next < window_end && left >= MIN_ATTEMPT {
+                    tracing::warn!(
+                        install_id = %install.id,
+                        attempt = attempts + 1,
+                        error = last_unknown.kind(),
+                        first_pending = first.is_some(),
+                        "refresh outcome unknown; presenting the same token again within HighLevel's window"
+                    );
+                    attempts += 1;
+                    let fut = send(left);
+                    let pause = delay;
+                    again = Some(Box::pin(async move {
+                        tokio::time::sleep(pause).await;
+                        fut.await
+                    }));
+                    delay = (delay * 2).min(MAX_REPRESENT_DELAY);
+                }
+            }
+            if first.is_none() && again.is_none() {
+                return done(
+                    match refused {
+                        Some(e) => Answer::Refused(e),
+                        None => Answer::Unknown(last_unknown),
+                    },
+                    attempts,
+                );
+            }
+            let result = tokio::select! {
+                r = async { first.as_mut().expect("guarded").await }, if first.is_some() => {
+                    first = None;
+                    r
+                }
+                r = async { again.as_mut().expect("guarded").await }, if again.is_some() => {
+                    again = None;
+                    r
+                }
             };
-            let unknown = err.is_unknown_outcome();
-            if attempts == 1 {
-                self.first_answer(unknown);
+            match settle(result) {
+                Settled::Pair(grant, pair) => return done(Answer::Pair(grant, pair), attempts),
+                // Held while the other send may still bring the pair.
+                Settled::Refused(e) => refused = refused.or(Some(e)),
+                Settled::Unknown(e) => last_unknown = e,
             }
-            if !unknown {
-                return Presentation {
-                    answer: Answer::Refused(err),
-                    first_sent_ms,
-                    unknown_seen,
-                    attempts,
-                };
-            }
-            unknown_seen = true;
-            let next = Instant::now() + delay;
-            let left = budget_end.saturating_duration_since(next);
-            if next >= window_end || left < MIN_ATTEMPT {
-                return Presentation {
-                    answer: Answer::Unknown(err),
-                    first_sent_ms,
-                    unknown_seen,
-                    attempts,
-                };
-            }
-            tracing::warn!(
-                install_id = %install.id,
-                attempt = attempts,
-                error = err.kind(),
-                wait_ms = left.as_millis() as u64,
-                "refresh outcome unknown; presenting the same token again within HighLevel's window"
-            );
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_REPRESENT_DELAY);
-            timeout = Some(left);
         }
     }
 
@@ -517,7 +579,9 @@ impl Refresher<'_> {
         // stays safe after the lease has passed to someone else.
         let lease_end = install.lease_until_ms.unwrap_or(now_millis());
         let store_until = match self.deadline {
-            Some(d) => now_millis() + d.saturating_duration_since(Instant::now()).as_millis() as i64,
+            Some(d) => {
+                now_millis() + d.saturating_duration_since(Instant::now()).as_millis() as i64
+            }
             None => lease_end,
         };
         let journaled = retry_until(store_until, || {

@@ -227,12 +227,19 @@ async fn each_failure_class_ends_in_its_own_state() {
     let seeded = stack.seed_install(&dropped, "dropped", 60).await;
     stack.sim.push_fault(Fault::Drop);
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
-    assert_eq!((s["lost"].as_u64(), s["revoked"].as_u64()), (Some(1), Some(0)), "{s}");
+    assert_eq!(
+        (s["lost"].as_u64(), s["revoked"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
     let i = stack.install(&dropped).await;
     assert_eq!(i.state, InstallState::Lost);
     assert!(i.due_at.is_none() && i.doubt_since_ms.is_some());
     assert!(
-        i.state_reason.as_deref().unwrap().contains("unknown outcome"),
+        i.state_reason
+            .as_deref()
+            .unwrap()
+            .contains("unknown outcome"),
         "{:?}",
         i.state_reason
     );
@@ -245,8 +252,14 @@ async fn each_failure_class_ends_in_its_own_state() {
     let chain = ledger
         .newest_chain_for(ghl_sim::UserType::Company, "dropped", None)
         .unwrap();
-    assert_eq!(ours.successor.as_deref(), Some(chain.newest_refresh_token.as_str()));
-    assert_eq!(chain.newest_presented, 0, "the new pair never reached us: {chain:?} {ledger:?}");
+    assert_eq!(
+        ours.successor.as_deref(),
+        Some(chain.newest_refresh_token.as_str())
+    );
+    assert_eq!(
+        chain.newest_presented, 0,
+        "the new pair never reached us: {chain:?} {ledger:?}"
+    );
     let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
     assert_eq!(s["examined"], 0, "lost installs are not swept again: {s}");
 
@@ -300,7 +313,12 @@ async fn the_run_stops_before_the_deadline_and_leaves_the_rest_due() {
     // reserve); 20 s leaves room for a slow cold start on a busy machine, and
     // at 700 ms a refresh, too little time for all 20.
     let s = sweep(&stack, Duration::from_secs(20)).await;
-    let s = s.unwrap_or_else(|e| panic!("no answer before the deadline: {e:?}; logs: {:#?}", f.logs()));
+    let s = s.unwrap_or_else(|e| {
+        panic!(
+            "no answer before the deadline: {e:?}; logs: {:#?}",
+            f.logs()
+        )
+    });
     assert_eq!(s["stopped"], "deadline", "{s}");
     assert_eq!(s["complete"], false);
     let refreshed = s["refreshed"].as_u64().unwrap();

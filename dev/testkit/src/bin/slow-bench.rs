@@ -65,7 +65,10 @@ async fn main() {
                 ..Default::default()
             });
             slow = false;
-            eprintln!("{:.0} s: HighLevel is normal again", started.elapsed().as_secs_f64());
+            eprintln!(
+                "{:.0} s: HighLevel is normal again",
+                started.elapsed().as_secs_f64()
+            );
         }
         let run_started = Instant::now();
         let summary = stack
@@ -131,9 +134,9 @@ async fn main() {
                 .find(|t| t.refresh_token == i.refresh_token.expose())
                 .and_then(|t| t.successor.as_deref())
                 .is_some_and(|s| {
-                    ledger.chain_of(s).is_some_and(|c| {
-                        c.newest_refresh_token == s && c.newest_presented == 0
-                    })
+                    ledger
+                        .chain_of(s)
+                        .is_some_and(|c| c.newest_refresh_token == s && c.newest_presented == 0)
                 })
         {
             confirmed += 1;

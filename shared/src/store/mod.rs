@@ -1,0 +1,706 @@
+//! The installs store on DynamoDB.
+//!
+//! One item per install (`sk = grant`), journal entries beside it
+//! (`sk = journal#<version>`), and code claims (`pk = code#<sha256>`).
+//! Tokens are sealed with [`crate::crypto`] before they leave this module and
+//! opened when items are read; nothing outside sees ciphertext.
+//!
+//! Modules: [`item`] (attribute names, the update builder), [`lease`]
+//! (install leases and mint locks, one mechanism), [`journal`], [`codes`]
+//! (authorization-code claims), [`due`] (the sharded due index). This file
+//! holds the install item itself: saving a grant, reading and decoding it,
+//! and the fenced writes that commit a pair or record a state.
+
+mod codes;
+mod due;
+mod item;
+mod journal;
+mod lease;
+
+pub use codes::{CodeRecord, code_hash};
+pub use due::{DuePage, shard_name, shard_of};
+pub use item::attr;
+pub use journal::JournalEntry;
+pub use lease::{LeaseOutcome, LeaseWhen, lease_token};
+
+use crate::config::DuePolicy;
+use crate::crypto::{CryptoError, Keyring};
+use crate::iam::FunctionPolicy;
+use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_secs};
+use crate::redact::SecretString;
+use crate::schema::{DUE_AT, DUE_SHARD, PK, SK};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use item::{Item, Update, get_bool, get_list, get_n, get_s, key_of, num, s};
+
+pub const GRANT_SK: &str = "grant";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DynamoDB {op} failed: {reason}")]
+    Dynamo { op: &'static str, reason: String },
+    #[error("item {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("item {key} could not be decrypted: {source}")]
+    Crypto { key: String, source: CryptoError },
+    /// A call the function's IAM policy does not grant: a code change added
+    /// it without adding it to `shared::iam::POLICIES` and the template.
+    #[error(
+        "{function} is not granted {action} on {on} (shared::iam::POLICIES, infra/template.yaml)"
+    )]
+    NotPermitted {
+        function: &'static str,
+        action: &'static str,
+        on: &'static str,
+    },
+}
+
+fn dynamo<E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error>(
+    op: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Dynamo {
+        op,
+        reason: crate::aws::error_text(&e),
+    }
+}
+
+/// A stored install, tokens opened.
+#[derive(Debug, Clone)]
+pub struct Install {
+    pub id: InstallId,
+    pub info: GrantInfo,
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
+    /// Epoch seconds.
+    pub expires_at: i64,
+    pub state: InstallState,
+    pub state_reason: Option<String>,
+    pub state_changed_at: i64,
+    /// Counts token changes; every token write is conditioned on it (the fencing token).
+    pub version: u64,
+    /// The lease token: who holds the install, unique per taking (a retried
+    /// lease write recognises its own).
+    pub lease_owner: Option<String>,
+    pub lease_until_ms: Option<i64>,
+    /// Set when a presentation of the current refresh token had an unknown
+    /// outcome (or its holder died mid-refresh): epoch ms of the first such
+    /// send. Cleared by the next commit. An `Invalid grant` while it is set
+    /// means the grant is `lost`, not `revoked`.
+    pub doubt_since_ms: Option<i64>,
+    pub due_at: Option<i64>,
+    pub failures: u32,
+    pub installed_at: i64,
+    pub last_installed_at: i64,
+    pub install_count: u64,
+    pub refresh_count: u64,
+    pub updated_at: i64,
+    /// True when either token is sealed under a data key other than the
+    /// current one (key rotation re-seals these).
+    pub stale_key: bool,
+}
+
+impl Install {
+    /// The token of the lease this copy was taken with ("" when none: a
+    /// fenced write naming it then matches nothing).
+    pub fn lease_token(&self) -> &str {
+        self.lease_owner.as_deref().unwrap_or_default()
+    }
+}
+
+/// What a refresh attempt that did not commit new tokens leaves behind.
+#[derive(Debug, Clone, Copy)]
+pub struct StateChange<'a> {
+    pub state: InstallState,
+    pub reason: &'a str,
+    /// When to try again; None takes the install out of the due index.
+    pub due_at: Option<i64>,
+    pub failures: u32,
+    /// Whether the current refresh token's fate is unknown, since when (ms).
+    pub doubt_since_ms: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    ddb: Client,
+    table: String,
+    keyring: Keyring,
+    due: DuePolicy,
+    /// The IAM grants of the function using this store. Every call checks
+    /// them first, so a call the deployed role would refuse fails in the
+    /// integration tests too. None for the operator's admin tool.
+    policy: Option<&'static FunctionPolicy>,
+}
+
+impl Store {
+    pub fn new(ddb: Client, table: impl Into<String>, keyring: Keyring, due: DuePolicy) -> Self {
+        Self {
+            ddb,
+            table: table.into(),
+            keyring,
+            due,
+            policy: None,
+        }
+    }
+
+    /// Limits this store to the DynamoDB actions `policy` grants.
+    pub fn restricted_to(mut self, policy: &'static FunctionPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    fn permit(
+        &self,
+        action: &'static str,
+        granted: fn(&FunctionPolicy) -> &[&str],
+        on: &'static str,
+    ) -> Result<&Client, StoreError> {
+        match self.policy {
+            Some(p) if !granted(p).contains(&action) => Err(StoreError::NotPermitted {
+                function: p.function,
+                action,
+                on,
+            }),
+            _ => Ok(&self.ddb),
+        }
+    }
+
+    fn table_op(&self, action: &'static str) -> Result<&Client, StoreError> {
+        self.permit(action, |p| p.dynamodb, "the installs table")
+    }
+
+    fn index_op(&self, action: &'static str) -> Result<&Client, StoreError> {
+        self.permit(action, |p| p.dynamodb_index, "the due index")
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub fn due_policy(&self) -> &DuePolicy {
+        &self.due
+    }
+
+    fn set_tokens(&self, u: &mut Update, id: &InstallId, pair: &TokenPair) {
+        let key = id.key();
+        u.set(
+            attr::ACCESS_TOKEN,
+            s(self
+                .keyring
+                .seal(&pair.access_token, &key, attr::ACCESS_TOKEN)),
+        );
+        u.set(
+            attr::REFRESH_TOKEN,
+            s(self
+                .keyring
+                .seal(&pair.refresh_token, &key, attr::REFRESH_TOKEN)),
+        );
+        u.set(attr::KEY_ID, s(self.keyring.current_key_id()));
+        u.set(attr::EXPIRES_AT, num(pair.expires_at));
+    }
+
+    fn set_info(&self, u: &mut Update, info: &GrantInfo) {
+        u.set_opt(attr::USER_TYPE, info.user_type.map(|t| s(t.as_str())));
+        u.set_opt(attr::COMPANY_ID, info.company_id.clone().map(s));
+        u.set_opt(attr::LOCATION_ID, info.location_id.clone().map(s));
+        u.set_opt(attr::USER_ID, info.user_id.clone().map(s));
+        u.set_opt(attr::SCOPE, info.scope.clone().map(s));
+        u.set_opt(attr::PLAN_ID, info.plan_id.clone().map(s));
+        u.set_opt(
+            attr::IS_BULK,
+            info.is_bulk_installation.map(AttributeValue::Bool),
+        );
+        u.set_opt(
+            attr::APPROVED_LOCATIONS,
+            info.approved_locations
+                .as_ref()
+                .map(|l| AttributeValue::L(l.iter().cloned().map(s).collect())),
+        );
+        u.set_opt(
+            attr::INSTALL_TO_FUTURE,
+            info.install_to_future_locations.map(AttributeValue::Bool),
+        );
+        u.set_opt(
+            attr::APPROVE_ALL,
+            info.approve_all_locations.map(AttributeValue::Bool),
+        );
+    }
+
+    fn set_state(&self, u: &mut Update, state: InstallState, reason: &str, now: i64) {
+        u.set(attr::STATE, s(state.as_str()));
+        u.set(attr::STATE_REASON, s(reason));
+        u.set(attr::STATE_CHANGED_AT, num(now));
+        u.set(attr::UPDATED_AT, num(now));
+    }
+
+    fn update(
+        &self,
+        pk: &str,
+        sk: &str,
+        u: Update,
+    ) -> Result<
+        aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+        StoreError,
+    > {
+        Ok(self
+            .table_op("dynamodb:UpdateItem")?
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk, sk)))
+            .update_expression(u.expression())
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(if u.values.is_empty() {
+                None
+            } else {
+                Some(u.values)
+            }))
+    }
+
+    fn grant_update(
+        &self,
+        id: &InstallId,
+        pair: &TokenPair,
+        info: &GrantInfo,
+        reason: &str,
+    ) -> Update {
+        let now = now_secs();
+        let mut u = Update::default();
+        self.set_tokens(&mut u, id, pair);
+        self.set_info(&mut u, info);
+        self.set_state(&mut u, InstallState::Active, reason, now);
+        self.set_due(&mut u, id, self.due_time(pair.expires_at));
+        u.set(attr::FAILURES, num(0));
+        u.set(attr::LAST_INSTALLED_AT, num(now));
+        u.set_if_absent(attr::INSTALLED_AT, num(now));
+        u.set_if_absent(attr::REFRESH_COUNT, num(0));
+        u.increment(attr::INSTALL_COUNT);
+        u.increment(attr::VERSION);
+        // A new grant: no doubt about it, and any refresh of the old one in
+        // flight can no longer commit (the version moved), so its lease goes.
+        u.remove(attr::DOUBT_SINCE);
+        u.release_lease();
+        u
+    }
+
+    /// Writes new installs in bulk, 25 per request, exactly as
+    /// [`Store::save_grant`] would create them: for seeding benchmarks and
+    /// load tests, never for the functions (their policies do not grant
+    /// BatchWriteItem). Overwrites without conditions.
+    pub async fn put_new_grants(
+        &self,
+        grants: &[(InstallId, TokenPair, GrantInfo)],
+    ) -> Result<(), StoreError> {
+        for chunk in grants.chunks(25) {
+            let mut requests: Vec<aws_sdk_dynamodb::types::WriteRequest> = chunk
+                .iter()
+                .map(|(id, pair, info)| {
+                    let item = self
+                        .grant_update(id, pair, info, "seeded")
+                        .into_new_item(&id.key(), GRANT_SK);
+                    let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .map_err(|e| StoreError::Dynamo {
+                            op: "BatchWriteItem(build)",
+                            reason: e.to_string(),
+                        })?;
+                    Ok(aws_sdk_dynamodb::types::WriteRequest::builder()
+                        .put_request(put)
+                        .build())
+                })
+                .collect::<Result<_, StoreError>>()?;
+            // DynamoDB may hand back unprocessed items under load: resend them.
+            while !requests.is_empty() {
+                let out = self
+                    .table_op("dynamodb:BatchWriteItem")?
+                    .batch_write_item()
+                    .request_items(self.table.clone(), requests)
+                    .send()
+                    .await
+                    .map_err(dynamo("BatchWriteItem(new grants)"))?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a fresh grant from a code exchange or a mint. A reinstall
+    /// replaces the tokens and keeps the install's identity: first-install
+    /// time, counters, and a version that only grows (so any refresh still in
+    /// flight for the old tokens cannot commit over the new ones).
+    pub async fn save_grant(
+        &self,
+        id: &InstallId,
+        pair: &TokenPair,
+        info: &GrantInfo,
+        reason: &str,
+    ) -> Result<Install, StoreError> {
+        let u = self.grant_update(id, pair, info, reason);
+        let out = self
+            .update(&id.key(), GRANT_SK, u)?
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(dynamo("UpdateItem(save grant)"))?;
+        self.decode(out.attributes.unwrap_or_default())
+    }
+
+    /// A strongly consistent read of one install.
+    pub async fn get(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
+        let out = self
+            .table_op("dynamodb:GetItem")?
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&id.key(), GRANT_SK)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo("GetItem"))?;
+        out.item.map(|i| self.decode(i)).transpose()
+    }
+
+    pub fn decode(&self, item: Item) -> Result<Install, StoreError> {
+        let pk = get_s(&item, PK).unwrap_or_default().to_owned();
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            key: pk.clone(),
+            reason: reason.to_owned(),
+        };
+        let id = InstallId::parse_key(&pk).ok_or_else(|| corrupt("not an install key"))?;
+        let open = |field: &str| -> Result<SecretString, StoreError> {
+            let sealed = get_s(&item, field).ok_or_else(|| corrupt(&format!("{field} missing")))?;
+            self.keyring
+                .open(sealed, &pk, field)
+                .map_err(|source| StoreError::Crypto {
+                    key: pk.clone(),
+                    source,
+                })
+        };
+        let current = self.keyring.current_key_id();
+        let stale_key = [attr::ACCESS_TOKEN, attr::REFRESH_TOKEN]
+            .iter()
+            .any(|f| get_s(&item, f).and_then(Keyring::key_id_of) != Some(current));
+        let state_text = get_s(&item, attr::STATE).unwrap_or("active");
+        let state = InstallState::parse(state_text).ok_or_else(|| corrupt("unknown state"))?;
+        Ok(Install {
+            access_token: open(attr::ACCESS_TOKEN)?,
+            refresh_token: open(attr::REFRESH_TOKEN)?,
+            expires_at: get_n(&item, attr::EXPIRES_AT)
+                .ok_or_else(|| corrupt("expires_at missing"))?,
+            info: GrantInfo {
+                user_type: get_s(&item, attr::USER_TYPE).and_then(UserType::parse),
+                company_id: get_s(&item, attr::COMPANY_ID).map(str::to_owned),
+                location_id: get_s(&item, attr::LOCATION_ID).map(str::to_owned),
+                user_id: get_s(&item, attr::USER_ID).map(str::to_owned),
+                scope: get_s(&item, attr::SCOPE).map(str::to_owned),
+                plan_id: get_s(&item, attr::PLAN_ID).map(str::to_owned),
+                is_bulk_installation: get_bool(&item, attr::IS_BULK),
+                approved_locations: get_list(&item, attr::APPROVED_LOCATIONS),
+                install_to_future_locations: get_bool(&item, attr::INSTALL_TO_FUTURE),
+                approve_all_locations: get_bool(&item, attr::APPROVE_ALL),
+            },
+            state,
+            state_reason: get_s(&item, attr::STATE_REASON).map(str::to_owned),
+            state_changed_at: get_n(&item, attr::STATE_CHANGED_AT).unwrap_or(0),
+            version: get_n(&item, attr::VERSION).unwrap_or(0) as u64,
+            lease_owner: get_s(&item, attr::LEASE_OWNER).map(str::to_owned),
+            lease_until_ms: get_n(&item, attr::LEASE_UNTIL),
+            doubt_since_ms: get_n(&item, attr::DOUBT_SINCE),
+            due_at: get_n(&item, DUE_AT),
+            failures: get_n(&item, attr::FAILURES).unwrap_or(0) as u32,
+            installed_at: get_n(&item, attr::INSTALLED_AT).unwrap_or(0),
+            last_installed_at: get_n(&item, attr::LAST_INSTALLED_AT).unwrap_or(0),
+            install_count: get_n(&item, attr::INSTALL_COUNT).unwrap_or(0) as u64,
+            refresh_count: get_n(&item, attr::REFRESH_COUNT).unwrap_or(0) as u64,
+            updated_at: get_n(&item, attr::UPDATED_AT).unwrap_or(0),
+            stale_key,
+            id,
+        })
+    }
+
+    // ---- code claims -------------------------------------------------
+
+    // ---- commits and state changes ------------------------------------
+
+    /// Commits a rotated pair as version `to` (normally `from + 1`; higher when
+    /// adopting a journal entry). Conditioned on the
+    /// version alone: only one refresh of the version-`from` token can have
+    /// succeeded, so whoever holds it holds the newest grant, lease or not.
+    /// Returns false when the version moved on (the pair stays in the journal).
+    pub async fn commit_pair(
+        &self,
+        id: &InstallId,
+        from: u64,
+        to: u64,
+        pair: &TokenPair,
+        info: Option<&GrantInfo>,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_secs();
+        let mut u = Update::default();
+        self.set_tokens(&mut u, id, pair);
+        if let Some(info) = info {
+            // A refresh answer may repeat the grant's metadata; keep what it omits.
+            for (name, value) in [
+                (attr::SCOPE, &info.scope),
+                (attr::PLAN_ID, &info.plan_id),
+                (attr::USER_ID, &info.user_id),
+            ] {
+                if let Some(v) = value {
+                    u.set(name, s(v.clone()));
+                }
+            }
+        }
+        self.set_state(&mut u, InstallState::Active, reason, now);
+        self.set_due(&mut u, id, self.due_time(pair.expires_at));
+        u.set(attr::FAILURES, num(0));
+        u.set(attr::LAST_REFRESHED_AT, num(now));
+        u.set(attr::VERSION, num(to as i64));
+        u.increment(attr::REFRESH_COUNT);
+        u.remove(attr::DOUBT_SINCE);
+        u.release_lease();
+        self.fenced(id, u, from, None, "UpdateItem(commit pair)")
+            .await
+    }
+
+    /// Applies `u` only if the install is still at `version` and, with
+    /// `owner`, still leased by it. False when either moved on.
+    async fn fenced(
+        &self,
+        id: &InstallId,
+        mut u: Update,
+        version: u64,
+        owner: Option<&str>,
+        op: &'static str,
+    ) -> Result<bool, StoreError> {
+        let (vn, vv) = (u.name(attr::VERSION), u.value(num(version as i64)));
+        let mut cond = format!("{vn} = {vv}");
+        if let Some(owner) = owner {
+            let (on, ov) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
+            cond.push_str(&format!(" AND {on} = {ov}"));
+        }
+        let res = self
+            .update(&id.key(), GRANT_SK, u)?
+            .condition_expression(cond)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(dynamo(op)(e)),
+        }
+    }
+
+    /// Records a state change and releases the lease, if the lease and
+    /// version are still ours. `due_at` None takes the install out of the
+    /// due index. Returns false when it was not ours any more.
+    pub async fn record_state(
+        &self,
+        id: &InstallId,
+        owner: &str,
+        version: u64,
+        change: &StateChange<'_>,
+    ) -> Result<bool, StoreError> {
+        let StateChange {
+            state,
+            reason,
+            due_at,
+            failures,
+            doubt_since_ms,
+        } = *change;
+        let now = now_secs();
+        let mut u = Update::default();
+        self.set_state(&mut u, state, reason, now);
+        match due_at {
+            Some(t) => self.set_due(&mut u, id, t),
+            None => {
+                u.remove(DUE_SHARD).remove(DUE_AT);
+            }
+        }
+        u.set(attr::FAILURES, num(i64::from(failures)));
+        u.set_opt(attr::DOUBT_SINCE, doubt_since_ms.map(num));
+        u.release_lease();
+        self.fenced(id, u, version, Some(owner), "UpdateItem(record state)")
+            .await
+    }
+
+    /// Re-seals both tokens under the current data key, under our lease and
+    /// version, without changing anything else.
+    pub async fn reseal(&self, install: &Install) -> Result<bool, StoreError> {
+        let owner = install.lease_token();
+        let mut u = Update::default();
+        self.set_tokens(
+            &mut u,
+            &install.id,
+            &TokenPair {
+                access_token: install.access_token.clone(),
+                refresh_token: install.refresh_token.clone(),
+                expires_at: install.expires_at,
+            },
+        );
+        u.release_lease();
+        self.fenced(
+            &install.id,
+            u,
+            install.version,
+            Some(owner),
+            "UpdateItem(reseal)",
+        )
+        .await
+    }
+
+    /// Every install key, page by page (maintenance only: key rotation).
+    pub async fn install_keys_page(
+        &self,
+        start: Option<Item>,
+    ) -> Result<(Vec<InstallId>, Option<Item>), StoreError> {
+        let out = self
+            .table_op("dynamodb:Scan")?
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("#sk = :grant")
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":grant", s(GRANT_SK))
+            .projection_expression("#pk, #sk")
+            .expression_attribute_names("#pk", PK)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(dynamo("Scan(installs)"))?;
+        let ids = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| InstallId::parse_key(get_s(i, PK)?))
+            .collect();
+        Ok((ids, out.last_evaluated_key))
+    }
+}
+
+fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &E) -> bool {
+    e.code() == Some("ConditionalCheckFailedException")
+}
+
+fn ignore_condition_failure<
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
+>(
+    res: Result<(), E>,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if is_condition_failure(&e) => Ok(()),
+        Err(e) => Err(dynamo(op)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn shards_are_stable_and_in_range() {
+        assert_eq!(shard_of("company#c1", 16), shard_of("company#c1", 16));
+        for i in 0..200 {
+            assert!(shard_of(&format!("company#{i}"), 7) < 7);
+        }
+        assert_eq!(shard_of("x", 1), 0);
+        assert_eq!(shard_name(3), "003");
+    }
+
+    #[test]
+    fn update_expressions_use_placeholders() {
+        let mut u = Update::default();
+        u.set("state", s("active"))
+            .increment("version")
+            .remove("lease_owner");
+        let e = u.expression();
+        assert_eq!(
+            e,
+            "SET #state = :v0, #version = if_not_exists(#version, :v1) + :v2 REMOVE #lease_owner"
+        );
+        assert_eq!(u.names.get("#state").map(String::as_str), Some("state"));
+    }
+
+    #[test]
+    fn code_hash_is_hex_sha256() {
+        let h = code_hash(&SecretString::new("abc"));
+        assert_eq!(h.len(), 64);
+        assert!(h.starts_with("ba7816bf"));
+    }
+
+    fn offline_store() -> Store {
+        // Points at a closed port: a call that got past the policy check
+        // would fail with a DynamoDB error, not NotPermitted.
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::for_tests())
+            .build();
+        let keys = std::collections::BTreeMap::from([(
+            "k1".to_owned(),
+            SecretString::new("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        )]);
+        Store::new(
+            Client::from_conf(conf),
+            "t",
+            Keyring::from_base64("k1", &keys).unwrap(),
+            DuePolicy {
+                refresh_ahead: Duration::from_secs(60),
+                jitter: Duration::ZERO,
+                shards: 1,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_call_the_functions_policy_does_not_grant_is_refused_before_it_is_sent() {
+        static NO_DELETE: FunctionPolicy = FunctionPolicy {
+            function: "test-fn",
+            dynamodb: &["dynamodb:PutItem", "dynamodb:UpdateItem"],
+            dynamodb_index: &[],
+            secretsmanager: &[],
+        };
+        let store = offline_store().restricted_to(&NO_DELETE);
+        let err = store.release_code("abc").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotPermitted {
+                    action: "dynamodb:DeleteItem",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("test-fn is not granted dynamodb:DeleteItem")
+        );
+        let err = store.due_page(0, 0, 10, None).await.err().expect("refused");
+        assert!(
+            matches!(
+                err,
+                StoreError::NotPermitted {
+                    on: "the due index",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A granted action goes through to DynamoDB (and fails there).
+        let err = offline_store()
+            .restricted_to(&NO_DELETE)
+            .claim_code("abc")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Dynamo { .. }), "{err}");
+    }
+}
