@@ -51,14 +51,13 @@ pub const POLICIES: &[FunctionPolicy] = &[
     },
     FunctionPolicy {
         function: "token-mint",
-        // DeleteItem releases the single-flight mint lock (`Store::unlock`);
-        // without it every company-token mint fails after minting.
+        // Like the sweep (it refreshes under the same protocol); its
+        // single-flight lock is a lease, taken and given back with UpdateItem.
         dynamodb: &[
             "dynamodb:Query",
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
-            "dynamodb:DeleteItem",
         ],
         dynamodb_index: &[],
         secretsmanager: &["secretsmanager:GetSecretValue"],

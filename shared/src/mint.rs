@@ -489,7 +489,11 @@ impl Minter<'_> {
                     Ok(_) => self.mint_locked(loc, company_id).await,
                     Err(e) => Err(e.into()),
                 };
-                self.svc.store.unlock(&lock, &token).await?;
+                // The answer stands whether or not the lock could be given
+                // back: it expires on its own.
+                if let Err(e) = self.svc.store.unlock(&lock, &token).await {
+                    tracing::warn!(location_id = loc, error = %e, "mint lock not released; it expires on its own");
+                }
                 return result;
             }
             // Another invocation is minting this location: wait for its token.

@@ -764,7 +764,7 @@ fn checks_report_mismatches() {
 
     // A missing action.
     let missing = changed(&root, |t| {
-        let s = statement_with(t, "token-mint", "dynamodb:DeleteItem");
+        let s = statement_with(t, "oauth-callback", "dynamodb:DeleteItem");
         s["Action"]
             .as_array_mut()
             .unwrap()

@@ -92,7 +92,7 @@ async fn chaos(grace_secs: u64) {
     let mut sweeps: Vec<_> = (0..3)
         .map(|_| stack.spawn("refresh-sweep", SWEEP_ENV))
         .collect();
-    let _mints: Vec<_> = (0..2)
+    let mints: Vec<_> = (0..2)
         .map(|_| stack.spawn_on(&mint_api, "token-mint", SWEEP_ENV))
         .collect();
     let mut kills = 0;
@@ -196,6 +196,22 @@ async fn chaos(grace_secs: u64) {
                 t.successor.as_deref() == Some(chain.newest_refresh_token.as_str())
                     && chain.newest_presented == 0
             });
+            println!(
+                "{mode}: {id} lost: doubt since {:?} ms, rotated at {:?} ms, marked at {} s, reason {:?}",
+                i.doubt_since_ms,
+                ours.and_then(|t| t.rotated_at_ms),
+                i.state_changed_at,
+                i.state_reason
+            );
+            let key = format!("\"{id}\"");
+            for line in sweeps
+                .iter()
+                .chain(mints.iter())
+                .flat_map(|p| p.logs())
+                .filter(|l| l.contains(&key))
+            {
+                println!("  {line}");
+            }
             if confirmed {
                 confirmed_losses += 1;
             } else {

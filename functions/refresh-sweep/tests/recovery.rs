@@ -170,20 +170,17 @@ async fn a_slow_highlevel_costs_no_install_with_the_window() {
         "{s}"
     );
     assert_eq!(s["complete"], true, "{s}");
-    let recovered = s["recovered"].as_u64().unwrap();
-    assert!(recovered > 0, "re-presentations got the pair: {s}");
-    assert_eq!(
-        s["refreshed"].as_u64().unwrap() + recovered,
-        48,
-        "every install got its pair in this run: {s}"
-    );
+    // Every first answer came after the client's timeout: each install's
+    // outcome was unknown, and each got its pair back in the same run (the
+    // late first answer or a re-presentation within the window).
+    assert_eq!(s["recovered"], 48, "{s}");
+    assert_eq!(s["refreshed"], 0, "{s}");
     for id in &ids {
         let i = assert_active_on_newest(&stack, id).await;
         assert_eq!(i.refresh_count, 1, "{id}");
         assert!(i.due_at.unwrap() > now_secs(), "{id} still due");
     }
     let counters = stack.sim.counters();
-    assert!(counters.grace_replays >= recovered, "{counters:?}");
     assert_eq!(counters.stale_presentations, 0, "{counters:?}");
     assert_eq!(
         counters.refreshes, 48,
@@ -194,7 +191,7 @@ async fn a_slow_highlevel_costs_no_install_with_the_window() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_early_breaker_stops_a_slow_run() {
-    // Strict: every answer HighLevel gives too late costs its install.
+    // Strict HighLevel, answering every request after the client's timeout.
     let stack = Stack::new().await;
     let ids = stack.seed_many("slow-s", 60, 60).await;
     let seeded: Vec<Install> = {
@@ -222,7 +219,6 @@ async fn the_early_breaker_stops_a_slow_run() {
     assert_eq!(s["stopped"], "breaker:unknown", "{s}");
     assert_eq!(s["complete"], false, "{s}");
     let mut presented = 0;
-    let mut lost = 0;
     for before in &seeded {
         let id = &before.id;
         let token = before.refresh_token.expose();
@@ -238,23 +234,27 @@ async fn the_early_breaker_stops_a_slow_run() {
             continue;
         }
         presented += 1;
-        // In flight when the breaker tripped: strict HighLevel rotated and
-        // the answer came too late, so these are lost, and provably so.
-        if stack.install(id).await.state == InstallState::Lost {
-            lost += 1;
-            assert_confirmed_lost(&stack, id, token).await;
-        }
+        // In flight when the breaker tripped: their late answers are still
+        // awaited, so even a strict HighLevel costs them nothing.
+        let i = assert_active_on_newest(&stack, id).await;
+        assert_eq!(i.version, before.version + 1, "{id}");
     }
+    // The breaker counts first answers as they time out, and a slot is held
+    // until its refresh has its answer, so it trips before a second wave is
+    // taken: about `concurrency` presented. A breaker that counts only
+    // finished refreshes lets a second wave through (2 x concurrency).
     assert!(
-        (1..=2 * concurrency).contains(&presented),
+        (1..=concurrency + 2).contains(&presented),
         "{presented} of 60 presented; the breaker should stop after the first slots: {s}"
     );
-    assert_eq!(s["lost"].as_u64(), Some(lost), "{s}");
+    assert_eq!(s["examined"].as_u64(), Some(presented), "{s}");
+    assert_eq!(s["recovered"].as_u64(), Some(presented), "{s}");
     assert_eq!(
-        s["lost"].as_u64().unwrap() + s["inDoubt"].as_u64().unwrap(),
-        presented,
+        (s["lost"].as_u64(), s["inDoubt"].as_u64()),
+        (Some(0), Some(0)),
         "{s}"
     );
+    assert_eq!(stack.sim.counters().stale_presentations, 0);
     stack.assert_logs_clean(&f.logs(), &[]).await;
 }
 
@@ -768,10 +768,16 @@ async fn a_minted_grant_revoked_behind_our_back_is_minted_again_by_the_sweep() {
 
     let f = stack.spawn("refresh-sweep", &[]);
     let s = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
+    // Why a remint failed, as the sweep logged it (no tokens in these lines).
+    let why: Vec<String> = f
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("could not be minted again"))
+        .collect();
     assert_eq!(
         (s["revoked"].as_u64(), s["reminted"].as_u64()),
         (Some(1), Some(1)),
-        "{s}"
+        "{s}; {why:#?}"
     );
     assert_eq!(s["examined"], 1, "only the minted grant was due: {s}");
     let i = assert_active_on_newest(&stack, &minted).await;
@@ -789,8 +795,9 @@ async fn a_minted_grant_revoked_behind_our_back_is_minted_again_by_the_sweep() {
         (c.state, c.version),
         (InstallState::Active, company_before.version)
     );
-    // The single-flight mint lock is gone, so a caller can mint at once.
-    let locks: Vec<_> = stack
+    // The single-flight mint lock was given back (its item stays until its
+    // TTL, with no holder), so a caller can mint at once.
+    let held: Vec<_> = stack
         .items()
         .await
         .into_iter()
@@ -798,8 +805,9 @@ async fn a_minted_grant_revoked_behind_our_back_is_minted_again_by_the_sweep() {
             item.get("pk")
                 .and_then(|v| v.as_s().ok())
                 .is_some_and(|pk| pk.starts_with("lock#"))
+                && (item.contains_key("lease_owner") || item.contains_key("lease_until_ms"))
         })
         .collect();
-    assert!(locks.is_empty(), "mint lock left behind: {locks:?}");
+    assert!(held.is_empty(), "mint lock left held: {held:?}");
     stack.assert_logs_clean(&f.logs(), &[]).await;
 }

@@ -7,7 +7,7 @@
 //! own lease, not someone else's). It is given back by a write conditioned on
 //! the same token.
 
-use super::item::{Update, attr, get_n, get_s, key_of, num, s};
+use super::item::{Update, attr, get_n, get_s, num, s};
 use super::{
     GRANT_SK, Install, Store, StoreError, dynamo, ignore_condition_failure, is_condition_failure,
 };
@@ -189,16 +189,9 @@ impl Store {
 
     /// Gives the lease back without other changes. A no-op if it is no
     /// longer ours.
-    pub async fn release_lease(&self, id: &InstallId, owner: &str) -> Result<(), StoreError> {
-        let mut u = Update::default();
-        u.release_lease();
-        let (n, v) = (u.name(attr::LEASE_OWNER), u.value(s(owner)));
-        let res = self
-            .update(&id.key(), GRANT_SK, u)?
-            .condition_expression(format!("{n} = {v}"))
-            .send()
-            .await;
-        ignore_condition_failure(res.map(|_| ()), "UpdateItem(release lease)")
+    pub async fn release_lease(&self, id: &InstallId, token: &str) -> Result<(), StoreError> {
+        self.release_item(&id.key(), GRANT_SK, token, "UpdateItem(release lease)")
+            .await
     }
 
     // ---- short locks ------------------------------------------------------
@@ -232,18 +225,30 @@ impl Store {
         }
     }
 
+    /// Gives a lock back (if it is still ours) by clearing its lease, the
+    /// same write as giving an install back: the item stays until its TTL,
+    /// and every function that may lock may also unlock (no DeleteItem).
     pub async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        self.release_item(&lock_key(name), LOCK_SK, token, "UpdateItem(unlock)")
+            .await
+    }
+
+    async fn release_item(
+        &self,
+        pk: &str,
+        sk: &str,
+        token: &str,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        let mut u = Update::default();
+        u.release_lease();
+        let (n, v) = (u.name(attr::LEASE_OWNER), u.value(s(token)));
         let res = self
-            .table_op("dynamodb:DeleteItem")?
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(&lock_key(name), LOCK_SK)))
-            .condition_expression("#owner = :me")
-            .expression_attribute_names("#owner", attr::LEASE_OWNER)
-            .expression_attribute_values(":me", s(token))
+            .update(pk, sk, u)?
+            .condition_expression(format!("{n} = {v}"))
             .send()
             .await;
-        ignore_condition_failure(res.map(|_| ()), "DeleteItem(lock)")
+        ignore_condition_failure(res.map(|_| ()), op)
     }
 }
 
