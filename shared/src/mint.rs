@@ -435,7 +435,9 @@ impl Minter<'_> {
         Ok(None)
     }
 
-    async fn company_grant(&self, company_id: &str) -> Result<Install, MintError> {
+    /// The stored company grant, if it can mint at all: present and not
+    /// terminal. Checked before anything is written.
+    async fn stored_company(&self, company_id: &str) -> Result<Install, MintError> {
         let id = InstallId::Company(company_id.to_owned());
         let stored = self.svc.store.get(&id).await?.ok_or_else(|| {
             MintError::InstallNotFound(format!(
@@ -452,7 +454,12 @@ impl Minter<'_> {
                     .unwrap_or("no reason recorded")
             )));
         }
-        self.fresh_grant(&id, COMPANY_MIN_VALIDITY as u64)
+        Ok(stored)
+    }
+
+    async fn company_grant(&self, company_id: &str) -> Result<Install, MintError> {
+        let stored = self.stored_company(company_id).await?;
+        self.fresh_grant(&stored.id, COMPANY_MIN_VALIDITY as u64)
             .await?
             .map(|(grant, _)| grant)
             .ok_or_else(|| {
@@ -462,12 +469,31 @@ impl Minter<'_> {
             })
     }
 
+    /// A token nobody stores is a chain nobody keeps alive: neither a
+    /// refresh token is presented nor a location token minted without time
+    /// left to store the answer.
+    fn time_to_store(&self, what: &str) -> Result<(), MintError> {
+        if self
+            .deadline
+            .is_some_and(|d| Instant::now() + self.policy.one_refresh() > d)
+        {
+            return Err(MintError::UpstreamUnavailable(format!(
+                "too little time is left in this invocation to {what} and store the answer safely; retry"
+            )));
+        }
+        Ok(())
+    }
+
     async fn mint_from_company(
         &self,
         loc: &str,
         company_id: &str,
         min: u64,
     ) -> Result<MintResponse, MintError> {
+        // Refused before the lock is taken: a request that cannot mint
+        // leaves the table as it was.
+        self.stored_company(company_id).await?;
+        self.time_to_store(&format!("mint a token for location {loc}"))?;
         let minted_id = InstallId::Minted(loc.to_owned());
         let started = Instant::now();
         let lock = format!("mint#{loc}");
@@ -513,15 +539,7 @@ impl Minter<'_> {
 
     async fn mint_locked(&self, loc: &str, company_id: &str) -> Result<MintResponse, MintError> {
         let company = self.company_grant(company_id).await?;
-        // A minted grant nobody stores is a grant nobody keeps alive.
-        if self
-            .deadline
-            .is_some_and(|d| Instant::now() + self.policy.one_refresh() > d)
-        {
-            return Err(MintError::UpstreamUnavailable(format!(
-                "too little time is left in this invocation to mint a token for location {loc} and store it; retry"
-            )));
-        }
+        self.time_to_store(&format!("mint a token for location {loc}"))?;
         let grant = self
             .svc
             .ghl

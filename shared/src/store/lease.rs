@@ -22,7 +22,8 @@ use std::time::Duration;
 pub enum LeaseWhen {
     /// The sweep: only if still due (another sweep may have just refreshed it).
     DueBy(i64),
-    /// The mint: only if the access token expires before this time.
+    /// The mint: only if the access token expires before this time, or the
+    /// grant is in doubt (its probe is due whatever the expiry).
     ExpiresBefore(i64),
     /// Maintenance (key rotation): whenever it is free.
     Always,
@@ -110,8 +111,9 @@ impl Store {
                     .filter(|st| st.is_refreshable())
                     .map(|st| u.value(s(st.as_str())))
                     .collect();
+                let doubt = u.value(s(InstallState::InDoubt.as_str()));
                 cond.push_str(&format!(
-                    " AND {n} < {v} AND {st} IN ({})",
+                    " AND (({n} < {v} AND {st} IN ({})) OR {st} = {doubt})",
                     states.join(", ")
                 ));
             }
