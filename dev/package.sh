@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds the three functions as they deploy (release profile, arm64, for
+# Builds the four functions as they deploy (release profile, arm64, for
 # provided.al2023) with cargo-lambda, checks each bootstrap is an aarch64
 # Linux executable, and prints its size. `sam build` runs the same build.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-FUNCTIONS=(oauth-callback refresh-sweep token-mint)
+FUNCTIONS=(oauth-callback marketplace-webhook refresh-sweep token-mint)
 ensure_pip cargo-lambda cargo-lambda
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
   log "adding the aarch64-unknown-linux-gnu target"
@@ -29,5 +29,5 @@ with open(path, "rb") as f:
 if head[:4] != b"\x7fELF" or head[4] != 2 or struct.unpack_from("<H", head, 18)[0] != 183:
     sys.exit(f"error: {path} is not a 64-bit aarch64 ELF executable")
 PY
-  printf '%-16s %s bytes (%s MiB)\n' "$f" "$(stat -c %s "$bin")" "$(python3 -c "import os,sys;print(round(os.path.getsize(sys.argv[1])/1048576,1))" "$bin")"
+  printf '%-20s %s bytes (%s MiB)\n' "$f" "$(stat -c %s "$bin")" "$(python3 -c "import os,sys;print(round(os.path.getsize(sys.argv[1])/1048576,1))" "$bin")"
 done

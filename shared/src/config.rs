@@ -468,6 +468,67 @@ impl MintConfig {
     }
 }
 
+/// HighLevel's published key for `x-ghl-signature` (SPKI, base64).
+pub const HIGHLEVEL_WEBHOOK_KEY: &str = "MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=";
+
+/// `marketplace-webhook`.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub common: CommonConfig,
+    /// The raw Ed25519 key that signs `x-ghl-signature`.
+    pub public_key: Vec<u8>,
+    /// The legacy `x-wh-signature` key (PKCS#1 RSAPublicKey); None: that
+    /// scheme is refused.
+    pub rsa_public_key: Option<Vec<u8>>,
+    /// How far an event's `timestamp` may be from now.
+    pub replay_window: Duration,
+    /// The marketplace app id events must carry, when the app secret does
+    /// not hold `app_id`.
+    pub app_id: Option<String>,
+}
+
+impl WebhookConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        const KEY_FORM: &str = "an Ed25519 public key as SPKI DER in base64 (like HighLevel's published key) or a PEM block";
+        const RSA_FORM: &str = "an RSA public key as SPKI DER in base64 or a PEM block";
+        let key_text = env
+            .optional("GHL_WEBHOOK_PUBLIC_KEY")
+            .unwrap_or_else(|| HIGHLEVEL_WEBHOOK_KEY.to_owned());
+        let public_key = crate::webhook::spki_der(&key_text)
+            .and_then(|der| crate::webhook::ed25519_key(&der))
+            .map_err(|reason| ConfigError::Invalid {
+                var: "GHL_WEBHOOK_PUBLIC_KEY",
+                expected: KEY_FORM,
+                reason,
+            })?;
+        let rsa_public_key = env
+            .optional("GHL_WEBHOOK_RSA_PUBLIC_KEY")
+            .map(|text| {
+                crate::webhook::spki_der(&text)
+                    .and_then(|der| crate::webhook::rsa_key(&der))
+                    .map_err(|reason| ConfigError::Invalid {
+                        var: "GHL_WEBHOOK_RSA_PUBLIC_KEY",
+                        expected: RSA_FORM,
+                        reason,
+                    })
+            })
+            .transpose()?;
+        Ok(Self {
+            replay_window: Duration::from_secs(env.number(
+                "WEBHOOK_REPLAY_WINDOW_SECS",
+                300u64,
+                30,
+                3600,
+                "seconds, 30 to 3600",
+            )?),
+            app_id: env.optional("GHL_APP_ID"),
+            public_key,
+            rsa_public_key,
+            common: CommonConfig::from_env(env)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,7 @@ pub fn page(title: &str, heading: &str, paragraphs: &[String], success: bool) ->
     let accent = if success { "#1a7f37" } else { "#b42318" };
     let body: String = paragraphs
         .iter()
+        .filter(|p| !p.is_empty())
         .map(|p| format!("<p>{}</p>", escape(p)))
         .collect();
     format!(

@@ -62,6 +62,20 @@ pub const POLICIES: &[FunctionPolicy] = &[
         dynamodb_index: &[],
         secretsmanager: &["secretsmanager:GetSecretValue"],
     },
+    FunctionPolicy {
+        function: "marketplace-webhook",
+        // GetItem/PutItem: replay protection (webhook ids) and a location's
+        // link; UpdateItem: links, uninstalls (erasing tokens), plan changes;
+        // Query: a company's links and an install's journal entries to erase.
+        dynamodb: &[
+            "dynamodb:Query",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+        ],
+        dynamodb_index: &[],
+        secretsmanager: &["secretsmanager:GetSecretValue"],
+    },
 ];
 
 /// The policy of one function, by binary name.

@@ -96,6 +96,10 @@ pub struct Installed {
     pub reinstall: bool,
     /// False when an earlier request for the same code did the work.
     pub fresh: bool,
+    /// A bulk (agency) install: how many sub-accounts it approved.
+    pub approved_locations: usize,
+    /// Whether the agency asked for future sub-accounts too.
+    pub install_to_future_locations: Option<bool>,
 }
 
 impl Installed {
@@ -124,6 +128,12 @@ impl Installed {
             reinstall: install.install_count > 1,
             id: install.id.clone(),
             fresh,
+            approved_locations: install
+                .info
+                .approved_locations
+                .as_ref()
+                .map_or(0, Vec::len),
+            install_to_future_locations: install.info.install_to_future_locations,
         }
     }
 }
@@ -280,7 +290,33 @@ async fn exchange_and_save(
     let mut info = grant.info();
     info.user_type = Some(user_type);
     let install = svc.store.save_grant(&id, &pair, &info, "installed").await?;
+    link_installed_locations(svc, &id, &info).await;
     Ok((id, install))
+}
+
+/// The locations this grant covers become known locations of the company at
+/// once: a location install's own, and a bulk install's approved ones, so
+/// the mint serves them without `companyId`. A failure does not fail the
+/// install (the tokens are stored); reconciliation links them later.
+async fn link_installed_locations(svc: &Services, id: &InstallId, info: &crate::model::GrantInfo) {
+    let Some(company_id) = info.company_id.as_deref() else {
+        return;
+    };
+    let locations: Vec<String> = match id {
+        InstallId::Location(l) => vec![l.clone()],
+        _ => info.approved_locations.clone().unwrap_or_default(),
+    };
+    if locations.is_empty() {
+        return;
+    }
+    match svc
+        .store
+        .link_locations(company_id, &locations, now_millis(), "callback")
+        .await
+    {
+        Ok(n) => tracing::info!(install_id = %id, locations = locations.len(), linked = n, "installed locations linked"),
+        Err(e) => tracing::error!(install_id = %id, error = %e, "installed locations not linked; reconciliation will"),
+    }
 }
 
 /// Waits for an earlier request's outcome. `None`: its claim was given back
@@ -331,6 +367,8 @@ mod tests {
             location_id: Some("l 1".into()),
             reinstall: false,
             fresh: true,
+            approved_locations: 0,
+            install_to_future_locations: None,
         };
         assert_eq!(
             i.success_redirect("https://x.example/done"),

@@ -22,3 +22,4 @@ pub mod services;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod webhook;

@@ -10,11 +10,11 @@
 //! wait for its stored result.
 
 use crate::ghl::{GhlError, InstalledLocation};
-use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_secs};
+use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_millis, now_secs};
 use crate::redact::SecretString;
 use crate::refresh::{Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
 use crate::services::Services;
-use crate::store::{Install, LeaseWhen, StoreError, lease_token};
+use crate::store::{Install, LeaseWhen, LinkState, LocationLink, StoreError, lease_token};
 use serde::Serialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -41,6 +41,10 @@ pub enum MintError {
     NeedsReauthorization(String),
     #[error("{0}")]
     LocationNotInstalled(String),
+    /// HighLevel told us the app was uninstalled (webhook or
+    /// reconciliation); its tokens are erased.
+    #[error("{0}")]
+    AppUninstalled(String),
     #[error("HighLevel rate limit reached; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
@@ -56,6 +60,7 @@ impl MintError {
             Self::InstallNotFound(_) => "InstallNotFound",
             Self::NeedsReauthorization(_) => "NeedsReauthorization",
             Self::LocationNotInstalled(_) => "LocationNotInstalled",
+            Self::AppUninstalled(_) => "AppUninstalled",
             Self::RateLimited { .. } => "RateLimited",
             Self::UpstreamUnavailable(_) => "UpstreamUnavailable",
             Self::Internal(_) => "Internal",
@@ -378,11 +383,26 @@ impl Minter<'_> {
         let loc = &req.location_id;
         let minted_id = InstallId::Minted(loc.clone());
         let min = req.min_validity_secs;
-        if let Some(cached) = self.svc.store.get(&minted_id).await?
-            && usable(&cached, min)
+        let cached = self.svc.store.get(&minted_id).await?;
+        if let Some(cached) = &cached
+            && usable(cached, min)
         {
-            self.check_company(req, &cached)?;
-            return Ok(MintResponse::from_install(&cached, loc, "cache"));
+            self.check_company(req, cached)?;
+            return Ok(MintResponse::from_install(cached, loc, "cache"));
+        }
+        // Past the cache: an uninstall HighLevel told us about is answered
+        // as such, never papered over with a stale or freshly minted token.
+        let link = self.svc.store.link_of(loc).await?;
+        let uninstalled_at = match (&link, &cached) {
+            (Some(l), _) if l.state == LinkState::Uninstalled => Some(l.at_ms / 1000),
+            (_, Some(c)) if c.state == InstallState::Uninstalled => Some(c.state_changed_at),
+            _ => None,
+        };
+        if let Some(at) = uninstalled_at {
+            return Err(MintError::AppUninstalled(format!(
+                "the app was uninstalled from location {loc} (at {}); it must be installed again before tokens can be served",
+                rfc3339(at)
+            )));
         }
         if let Some((own, _)) = self
             .fresh_grant(&InstallId::Location(loc.clone()), min)
@@ -397,9 +417,13 @@ impl Minter<'_> {
             let source = if refreshed { "refreshed" } else { "cache" };
             return Ok(MintResponse::from_install(&minted, loc, source));
         }
-        let company_id = match &req.company_id {
-            Some(c) => c.clone(),
-            None => self.known_company(loc).await?.ok_or_else(|| {
+        let linked = link
+            .map(|l| l.company_id)
+            .filter(|c| !c.is_empty());
+        let company_id = match (&req.company_id, linked) {
+            (Some(c), _) => c.clone(),
+            (None, Some(c)) => c,
+            (None, None) => self.known_company(loc).await?.ok_or_else(|| {
                 MintError::InstallNotFound(format!(
                     "no install is stored for location {loc} and the request names no companyId; pass companyId"
                 ))
@@ -444,6 +468,12 @@ impl Minter<'_> {
                 "company {company_id} has not installed the app (no agency install is stored); install it from the marketplace"
             ))
         })?;
+        if stored.state == InstallState::Uninstalled {
+            return Err(MintError::AppUninstalled(format!(
+                "company {company_id} uninstalled the app (at {}); it must be installed again before tokens can be minted",
+                rfc3339(stored.state_changed_at)
+            )));
+        }
         if !stored.state.is_refreshable() {
             return Err(MintError::NeedsReauthorization(format!(
                 "the agency grant for company {company_id} is {} ({}); the agency must reinstall the app",
@@ -580,6 +610,19 @@ impl Minter<'_> {
                 "minted from the company grant",
             )
             .await?;
+        // HighLevel just proved the app is on this location: link it, so a
+        // company uninstall reaches this grant and a caller may leave out
+        // companyId. The token is served either way.
+        let link = LocationLink {
+            company_id: company_id.to_owned(),
+            location_id: loc.to_owned(),
+            state: LinkState::Installed,
+            at_ms: now_millis(),
+            source: "mint".into(),
+        };
+        if let Err(e) = self.svc.store.set_link(&link).await {
+            tracing::warn!(location_id = loc, company_id, error = %e, "location link not recorded");
+        }
         Ok(MintResponse::from_install(&stored, loc, "minted"))
     }
 

@@ -133,6 +133,10 @@ pub enum InstallState {
     /// `Invalid grant` after an unknown outcome: HighLevel rotated the token
     /// and the answer carrying the new pair never arrived. Terminal.
     Lost,
+    /// HighLevel told us (an UNINSTALL webhook, or reconciliation) that the
+    /// app is no longer installed: the tokens are erased. Terminal until the
+    /// customer installs again.
+    Uninstalled,
 }
 
 impl InstallState {
@@ -144,6 +148,7 @@ impl InstallState {
             Self::Revoked => "revoked",
             Self::InDoubt => "in_doubt",
             Self::Lost => "lost",
+            Self::Uninstalled => "uninstalled",
         }
     }
 
@@ -159,17 +164,18 @@ impl InstallState {
 
     /// States that only a reinstall leaves.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Revoked | Self::Lost)
+        matches!(self, Self::Revoked | Self::Lost | Self::Uninstalled)
     }
 
     /// Every state, for tables and metrics.
-    pub const ALL: [InstallState; 6] = [
+    pub const ALL: [InstallState; 7] = [
         Self::Active,
         Self::Retrying,
         Self::Suspended,
         Self::InDoubt,
         Self::Revoked,
         Self::Lost,
+        Self::Uninstalled,
     ];
 }
 
@@ -444,6 +450,7 @@ mod tests {
             "revoked",
             "in_doubt",
             "lost",
+            "uninstalled",
         ] {
             assert_eq!(InstallState::parse(s).unwrap().as_str(), s);
         }

@@ -26,6 +26,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+mod webhook;
+
 pub const API_VERSION: &str = "2021-07-28";
 
 #[derive(Debug, Clone)]
@@ -207,6 +209,35 @@ impl fmt::Debug for TokenEntry {
     }
 }
 
+/// One webhook as HighLevel would deliver it to the app's default webhook
+/// URL. The simulator only queues these ([`Sim::take_webhooks`],
+/// `GET /_sim/webhooks`); whoever takes them hands them on.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// The exact raw JSON body as sent.
+    pub body: String,
+    /// `x-ghl-signature`: base64 Ed25519 signature over `body`'s bytes
+    /// (key: [`Sim::webhook_public_key`]).
+    pub signature: String,
+    /// `x-wh-signature`: base64 RSA-SHA256 (PKCS#1 v1.5) signature over
+    /// `body`'s bytes, the legacy scheme HighLevel retired in 2026 (key:
+    /// [`Sim::webhook_rsa_public_key`]).
+    pub rsa_signature: String,
+    /// `INSTALL`, `UNINSTALL` or `PLAN_CHANGE`.
+    pub kind: String,
+    pub webhook_id: String,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("kind", &self.kind)
+            .field("webhook_id", &self.webhook_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One grant's chain of refresh tokens, as the ledger sees it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -374,6 +405,8 @@ struct Code {
     company_id: String,
     location_id: Option<String>,
     scope: String,
+    /// The installing user, as the INSTALL webhook named them.
+    user_id: String,
     expires_at_ms: u64,
     used: bool,
 }
@@ -427,6 +460,8 @@ struct Shared {
     cfg: Mutex<SimConfig>,
     inner: Mutex<Inner>,
     faults: Mutex<(Faults, VecDeque<Fault>)>,
+    signer: webhook::Signer,
+    webhooks: Mutex<Vec<Delivery>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -450,6 +485,14 @@ fn random_hex(bytes: usize) -> String {
 
 fn trace_id() -> String {
     format!("sim-{}", random_hex(8))
+}
+
+fn webhook_id() -> String {
+    format!("wh-{}", random_hex(16))
+}
+
+fn company_name(company_id: &str) -> String {
+    format!("Simulated agency {company_id}")
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -477,6 +520,8 @@ impl Sim {
             cfg: Mutex::new(cfg),
             inner: Mutex::new(Inner::default()),
             faults: Mutex::new((Faults::default(), VecDeque::new())),
+            signer: webhook::Signer::new()?,
+            webhooks: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -582,6 +627,63 @@ impl Sim {
     pub fn counters(&self) -> Counters {
         lock(&self.shared.inner).counters.clone()
     }
+
+    /// The Marketplace app id (`SimConfig::app_id`).
+    pub fn app_id(&self) -> String {
+        lock(&self.shared.cfg).app_id.clone()
+    }
+
+    /// The Ed25519 public key that verifies `x-ghl-signature`, as SPKI DER in
+    /// base64: the form of HighLevel's published key (`MCowBQYDK2VwAyEA…`).
+    /// A fresh key per simulator.
+    pub fn webhook_public_key(&self) -> String {
+        self.shared.signer.public_key()
+    }
+
+    /// [`Sim::webhook_public_key`] as a PEM `PUBLIC KEY` block.
+    pub fn webhook_public_key_pem(&self) -> String {
+        self.shared.signer.public_key_pem()
+    }
+
+    /// The RSA public key that verifies the legacy `x-wh-signature`, as SPKI
+    /// DER in base64 (a fixed, test-only key).
+    pub fn webhook_rsa_public_key(&self) -> String {
+        self.shared.signer.rsa_public_key()
+    }
+
+    /// The base64 Ed25519 signature over `body`, for tests crafting odd bodies.
+    pub fn sign(&self, body: &[u8]) -> String {
+        self.shared.signer.sign(body)
+    }
+
+    /// The base64 RSA-SHA256 (PKCS#1 v1.5) signature over `body`.
+    pub fn rsa_sign(&self, body: &[u8]) -> String {
+        self.shared.signer.rsa_sign(body)
+    }
+
+    /// Drains the queued webhooks, oldest first.
+    pub fn take_webhooks(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *lock(&self.shared.webhooks))
+    }
+
+    /// A bulk install: adds `n` locations (`{company_id}-bulk-{i}`, numbered
+    /// on from any earlier bulk install of the company, from 1) and queues one
+    /// INSTALL (installType `Location`) per location. Returns the location ids.
+    pub fn bulk_install(&self, company_id: &str, n: usize) -> Vec<String> {
+        self.shared.bulk_install(company_id, n)
+    }
+
+    /// Uninstalls the app: revokes the grants as [`Sim::revoke`] does and
+    /// queues an UNINSTALL for the company or location. For a company it also
+    /// removes the company's locations from `/oauth/installedLocations`.
+    pub fn uninstall(&self, user_type: UserType, id: &str) {
+        self.shared.uninstall(user_type, id);
+    }
+
+    /// Queues a PLAN_CHANGE for the company or location.
+    pub fn plan_change(&self, user_type: UserType, id: &str, plan_id: &str) {
+        self.shared.plan_change(user_type, id, plan_id);
+    }
 }
 
 impl Shared {
@@ -650,6 +752,154 @@ impl Shared {
             }
         }
         inner.access.retain(|_, a| !ids.contains(&a.grant_id));
+    }
+
+    /// Serialises, signs and returns one webhook (not yet queued).
+    fn delivery(&self, kind: &str, webhook_id: String, body: &impl Serialize) -> Delivery {
+        // Serialising these plain structs of strings cannot fail.
+        let body = serde_json::to_string(body).unwrap_or_default();
+        Delivery {
+            signature: self.signer.sign(body.as_bytes()),
+            rsa_signature: self.signer.rsa_sign(body.as_bytes()),
+            kind: kind.to_owned(),
+            webhook_id,
+            body,
+        }
+    }
+
+    fn enqueue(&self, deliveries: Vec<Delivery>) {
+        lock(&self.webhooks).extend(deliveries);
+    }
+
+    /// An INSTALL: installType `Location` when `location_id` is given.
+    fn install_delivery(
+        &self,
+        cfg: &SimConfig,
+        company_id: &str,
+        location_id: Option<&str>,
+        user_id: &str,
+    ) -> Delivery {
+        let (timestamp, webhook_id) = (webhook::iso8601_ms(now_ms()), webhook_id());
+        let company_name = company_name(company_id);
+        let body = webhook::Install {
+            kind: "INSTALL",
+            app_id: &cfg.app_id,
+            version_id: &cfg.version_id,
+            install_type: if location_id.is_some() {
+                "Location"
+            } else {
+                "Company"
+            },
+            location_id,
+            company_id,
+            user_id,
+            company_name: &company_name,
+            plan_id: "sim-plan",
+            trial: webhook::Empty {},
+            is_whitelabel_company: false,
+            timestamp: &timestamp,
+            webhook_id: &webhook_id,
+        };
+        self.delivery("INSTALL", webhook_id.clone(), &body)
+    }
+
+    /// An UNINSTALL, or a PLAN_CHANGE when `plan_id` is given.
+    fn targeted_delivery(&self, user_type: UserType, id: &str, plan_id: Option<&str>) -> Delivery {
+        let app_id = lock(&self.cfg).app_id.clone();
+        let (timestamp, webhook_id) = (webhook::iso8601_ms(now_ms()), webhook_id());
+        let kind = if plan_id.is_some() {
+            "PLAN_CHANGE"
+        } else {
+            "UNINSTALL"
+        };
+        let body = webhook::Targeted {
+            kind,
+            app_id: &app_id,
+            location_id: (user_type == UserType::Location).then_some(id),
+            company_id: (user_type == UserType::Company).then_some(id),
+            plan_id,
+            timestamp: &timestamp,
+            webhook_id: &webhook_id,
+        };
+        self.delivery(kind, webhook_id.clone(), &body)
+    }
+
+    fn bulk_install(&self, company_id: &str, n: usize) -> Vec<String> {
+        let cfg = lock(&self.cfg).clone();
+        let prefix = format!("{company_id}-bulk-");
+        let ids: Vec<String> = {
+            let mut inner = lock(&self.inner);
+            let entry = inner.locations.entry(company_id.to_owned()).or_default();
+            let last = entry
+                .keys()
+                .filter_map(|k| k.strip_prefix(&prefix)?.parse::<usize>().ok())
+                .max()
+                .unwrap_or(0);
+            let now = now_ms();
+            (last + 1..=last + n)
+                .map(|i| {
+                    let id = format!("{prefix}{i}");
+                    entry.insert(
+                        id.clone(),
+                        LocationInfo {
+                            name: format!("Bulk location {i}"),
+                            installed_at_ms: now,
+                        },
+                    );
+                    id
+                })
+                .collect()
+        };
+        let user_id = format!("user-{}", random_hex(4));
+        let deliveries = ids
+            .iter()
+            .map(|l| self.install_delivery(&cfg, company_id, Some(l), &user_id))
+            .collect();
+        self.enqueue(deliveries);
+        ids
+    }
+
+    fn uninstall(&self, user_type: UserType, id: &str) {
+        self.revoke(user_type, id);
+        match user_type {
+            // An agency uninstall removes the app from every sub-account too:
+            // the location grants of the company (its own and minted) die with it.
+            UserType::Company => {
+                let locations: Vec<String> = {
+                    let mut inner = lock(&self.inner);
+                    let mut locs: Vec<String> = inner
+                        .grants
+                        .values()
+                        .filter(|g| g.user_type == UserType::Location && g.company_id == id)
+                        .filter_map(|g| g.location_id.clone())
+                        .collect();
+                    locs.extend(
+                        inner
+                            .locations
+                            .remove(id)
+                            .map(|m| m.into_keys().collect::<Vec<_>>())
+                            .unwrap_or_default(),
+                    );
+                    locs
+                };
+                for loc in locations {
+                    self.revoke(UserType::Location, &loc);
+                }
+            }
+            UserType::Location => {
+                let mut inner = lock(&self.inner);
+                for locs in inner.locations.values_mut() {
+                    locs.remove(id);
+                }
+            }
+        }
+        let d = self.targeted_delivery(user_type, id, None);
+        self.enqueue(vec![d]);
+    }
+
+    fn plan_change(&self, user_type: UserType, id: &str, plan_id: &str) {
+        let d = self.targeted_delivery(user_type, id, Some(plan_id));
+        self.enqueue(vec![d]);
     }
 
     /// Decides the fault for one API request: a queued one first, else the standing ones.
@@ -798,6 +1048,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/revoke", post(ctl_revoke))
         .route("/_sim/client-secret", post(ctl_secret))
         .route("/_sim/config", get(ctl_config_get).post(ctl_config))
+        .route("/_sim/webhooks", get(ctl_webhooks))
+        .route("/_sim/webhook-key", get(ctl_webhook_key))
+        .route("/_sim/uninstall", post(ctl_uninstall))
+        .route("/_sim/bulk-install", post(ctl_bulk_install))
+        .route("/_sim/plan-change", post(ctl_plan_change))
         .with_state(shared)
 }
 
@@ -1063,6 +1318,7 @@ async fn consent(
         );
     }
     let code = random_hex(20);
+    let user_id = format!("user-{}", random_hex(4));
     let mut inner = lock(&shared.inner);
     if let Some(l) = &location_id {
         inner
@@ -1081,13 +1337,19 @@ async fn consent(
             client_id: cfg.client_id.clone(),
             redirect_uri: redirect_uri.clone(),
             user_type,
-            company_id,
-            location_id,
+            company_id: company_id.clone(),
+            location_id: location_id.clone(),
             scope: q.get("scope").cloned().unwrap_or_default(),
+            user_id: user_id.clone(),
             expires_at_ms: now_ms() + cfg.code_ttl_secs * 1000,
             used: false,
         },
     );
+    drop(inner);
+    // HighLevel sends INSTALL on consent, and it may arrive before the OAuth
+    // callback has exchanged the code.
+    let d = shared.install_delivery(&cfg, &company_id, location_id.as_deref(), &user_id);
+    shared.enqueue(vec![d]);
     (
         StatusCode::FOUND,
         [(header::LOCATION, format!("{redirect_uri}{sep}code={code}"))],
@@ -1168,13 +1430,17 @@ fn token_process(s: &Shared, f: &HashMap<String, String>) -> Response {
                     "Invalid grant: authorization code is invalid",
                 );
             }
-            let (ut, c, l, scope) = (
+            let (ut, c, l, scope, user_id) = (
                 code.user_type,
                 code.company_id.clone(),
                 code.location_id.clone(),
                 code.scope.clone(),
+                code.user_id.clone(),
             );
             let gid = inner.new_grant(ut, &c, l.as_deref(), &scope);
+            if let Some(g) = inner.grants.get_mut(&gid) {
+                g.user_id = user_id;
+            }
             inner.counters.code_exchanges += 1;
             api_json(
                 StatusCode::OK,
@@ -1533,4 +1799,67 @@ async fn ctl_config(State(s): State<Arc<Shared>>, Json(b): Json<ConfigBody>) -> 
 
 async fn ctl_config_get(State(s): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({"refreshGraceSecs": lock(&s.cfg).refresh_grace_secs}))
+}
+
+/// Drains the queued webhooks, oldest first.
+async fn ctl_webhooks(State(s): State<Arc<Shared>>) -> Json<Vec<Delivery>> {
+    Json(std::mem::take(&mut *lock(&s.webhooks)))
+}
+
+async fn ctl_webhook_key(State(s): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({
+        "publicKey": s.signer.public_key(),
+        "publicKeyPem": s.signer.public_key_pem(),
+        "rsaPublicKey": s.signer.rsa_public_key(),
+    }))
+}
+
+async fn ctl_uninstall(State(s): State<Arc<Shared>>, Json(b): Json<RevokeBody>) -> StatusCode {
+    s.uninstall(b.user_type, &b.id);
+    StatusCode::NO_CONTENT
+}
+
+/// At most this many locations per `POST /_sim/bulk-install`.
+const MAX_BULK_INSTALL: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkInstallBody {
+    company_id: String,
+    count: usize,
+}
+
+async fn ctl_bulk_install(
+    State(s): State<Arc<Shared>>,
+    Json(b): Json<BulkInstallBody>,
+) -> Response {
+    if b.count > MAX_BULK_INSTALL {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": format!("count must be at most {MAX_BULK_INSTALL}")})),
+        )
+            .into_response();
+    }
+    // Signing is CPU work: keep it off the async worker.
+    let ids = tokio::task::spawn_blocking(move || s.bulk_install(&b.company_id, b.count)).await;
+    match ids {
+        Ok(ids) => Json(json!({"locationIds": ids})).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanChangeBody {
+    user_type: UserType,
+    id: String,
+    plan_id: String,
+}
+
+async fn ctl_plan_change(
+    State(s): State<Arc<Shared>>,
+    Json(b): Json<PlanChangeBody>,
+) -> StatusCode {
+    s.plan_change(b.user_type, &b.id, &b.plan_id);
+    StatusCode::NO_CONTENT
 }

@@ -52,6 +52,15 @@ fn usage() -> String {
         s.push_str(&format!("  {flag} <value>\n      {help} [env {env}]\n"));
     }
     s.push_str("  -h, --help\n      print this help and exit\n");
+    s.push_str(
+        "\nWebhook control routes (signed Marketplace webhooks are queued, never POSTed):\n\
+         \x20 GET  /_sim/webhooks       drain the queued deliveries: [{body, signature, rsaSignature, kind, webhookId}]\n\
+         \x20 GET  /_sim/webhook-key    {publicKey (Ed25519 SPKI base64), publicKeyPem, rsaPublicKey (SPKI base64)}\n\
+         \x20 POST /_sim/uninstall      {userType, id}: revoke and queue UNINSTALL\n\
+         \x20 POST /_sim/bulk-install   {companyId, count}: add locations, queue one INSTALL each -> {locationIds}\n\
+         \x20 POST /_sim/plan-change    {userType, id, planId}: queue PLAN_CHANGE\n\
+         A consent at /v2/oauth/chooselocation queues an INSTALL at once.\n",
+    );
     s
 }
 

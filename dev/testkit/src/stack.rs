@@ -219,6 +219,26 @@ impl Stack {
         ids
     }
 
+    /// Refreshes a stored install directly at the simulator, as a worker
+    /// that then died (or lost its commit) would have: the old token is used
+    /// up, and the new pair exists only where the test puts it.
+    pub async fn refresh_behind_the_back(&self, stored: &Install) -> TokenPair {
+        let grant = self
+            .svc
+            .ghl
+            .refresh(&self.app, &stored.refresh_token, stored.id.user_type())
+            .await
+            .expect("the simulator refreshes the stored token");
+        TokenPair {
+            access_token: grant.access_token.clone(),
+            refresh_token: grant
+                .refresh_token
+                .clone()
+                .expect("a refresh answer carries a refresh token"),
+            expires_at: shared::model::now_secs() + grant.expires_in as i64,
+        }
+    }
+
     /// Makes an install due now (tests only: stands in for the passage of time).
     pub async fn make_due(&self, id: &InstallId) {
         self.ddb

@@ -142,6 +142,20 @@ fn what(i: &Installed) -> String {
     }
 }
 
+/// A bulk install's reach, in words (empty for a single install).
+fn bulk(i: &Installed) -> String {
+    let future = match i.install_to_future_locations {
+        Some(true) => " It will also be installed on sub-accounts the agency creates later.",
+        _ => "",
+    };
+    match i.approved_locations {
+        0 if future.is_empty() => String::new(),
+        0 => future.trim_start().to_owned(),
+        1 => format!("It covers 1 sub-account.{future}"),
+        n => format!("It covers {n} sub-accounts.{future}"),
+    }
+}
+
 fn respond(cfg: &CallbackConfig, result: Result<CallbackOutcome, InstallError>) -> Response<Body> {
     match result {
         Ok(CallbackOutcome::Probe) => html(StatusCode::OK, String::new()),
@@ -168,6 +182,7 @@ fn respond(cfg: &CallbackConfig, result: Result<CallbackOutcome, InstallError>) 
                     heading,
                     &[
                         what(&i),
+                        bulk(&i),
                         "You can close this window and return to HighLevel.".into(),
                     ],
                     true,

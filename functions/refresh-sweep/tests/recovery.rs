@@ -12,7 +12,7 @@
 
 use ghl_sim::{Chain, Fault, Faults, Ledger, SimConfig};
 use serde_json::Value;
-use shared::model::{InstallId, InstallState, TokenPair, now_millis, now_secs};
+use shared::model::{InstallId, InstallState, now_millis, now_secs};
 use shared::store::{Install, LeaseOutcome, LeaseWhen, StateChange, lease_token};
 use std::time::Duration;
 use testkit::stack::{Stack, scheduled_event};
@@ -42,26 +42,6 @@ async fn windowed_stack() -> Stack {
     .await
 }
 
-/// Refreshes a seeded install directly at the simulator, as a worker that
-/// then died would have: the old token is used up, the new pair exists only
-/// where the test puts it.
-async fn refresh_behind_the_sweeps_back(stack: &Stack, seeded: &Install) -> TokenPair {
-    let grant = stack
-        .svc
-        .ghl
-        .refresh(
-            &stack.app,
-            &seeded.refresh_token,
-            shared::model::UserType::Company,
-        )
-        .await
-        .unwrap();
-    TokenPair {
-        access_token: grant.access_token.clone(),
-        refresh_token: grant.refresh_token.clone().unwrap(),
-        expires_at: now_secs() + 86_399,
-    }
-}
 
 /// The newest grant HighLevel holds for an install.
 fn newest_chain(ledger: &Ledger, id: &InstallId) -> Chain {
@@ -514,7 +494,7 @@ async fn an_abandoned_lease_is_probed_not_given_up() {
     let spent = InstallId::Company("dead-spent".into());
     let spent_seeded = stack.seed_install(&spent, "dead-spent", 60).await;
     dead_worker_takes_the_lease(&stack, &spent).await;
-    let pair = refresh_behind_the_sweeps_back(&stack, &spent_seeded).await;
+    let pair = stack.refresh_behind_the_back(&spent_seeded).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     let f = stack.spawn("refresh-sweep", &[]);
@@ -563,7 +543,7 @@ async fn an_abandoned_lease_whose_token_was_spent_is_lost_when_strict() {
     let id = InstallId::Company("dead-strict".into());
     let seeded = stack.seed_install(&id, "dead-strict", 60).await;
     dead_worker_takes_the_lease(&stack, &id).await;
-    let pair = refresh_behind_the_sweeps_back(&stack, &seeded).await;
+    let pair = stack.refresh_behind_the_back(&seeded).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     let f = stack.spawn("refresh-sweep", &[]);

@@ -3,8 +3,8 @@
 
 use ghl_sim::{Fault, Faults};
 use serde_json::Value;
-use shared::model::{InstallId, InstallState, TokenPair, now_secs};
-use shared::store::{Install, LeaseWhen};
+use shared::model::{InstallId, InstallState, now_secs};
+use shared::store::LeaseWhen;
 use std::time::Duration;
 use testkit::stack::{Stack, scheduled_event};
 use testkit::{InvokeError, InvokeOptions};
@@ -16,26 +16,6 @@ async fn sweep(stack: &Stack, deadline: Duration) -> Result<Value, InvokeError> 
         .await
 }
 
-/// Refreshes a seeded install directly at the simulator, as a worker that
-/// then lost its commit would have: the old token is used up, the new pair
-/// exists only where the test puts it.
-async fn refresh_behind_the_sweeps_back(stack: &Stack, seeded: &Install) -> TokenPair {
-    let grant = stack
-        .svc
-        .ghl
-        .refresh(
-            &stack.app,
-            &seeded.refresh_token,
-            shared::model::UserType::Company,
-        )
-        .await
-        .unwrap();
-    TokenPair {
-        access_token: grant.access_token.clone(),
-        refresh_token: grant.refresh_token.clone().unwrap(),
-        expires_at: now_secs() + 86_399,
-    }
-}
 
 /// The companies HighLevel issued a new pair to, in the order it did so.
 /// Tokens nobody has presented yet are the ones a refresh handed out (or a
@@ -355,7 +335,7 @@ async fn a_token_obtained_but_never_committed_is_recovered_not_burned() {
         lease,
         shared::store::LeaseOutcome::Acquired { .. }
     ));
-    let pair = refresh_behind_the_sweeps_back(&stack, &seeded).await;
+    let pair = stack.refresh_behind_the_back(&seeded).await;
     store
         .write_journal(&id, seeded.version + 1, &pair, "dead-worker")
         .await
@@ -385,7 +365,7 @@ async fn invalid_grant_looks_for_a_newer_token_before_revoking() {
     let id = InstallId::Company("journaled".into());
     let seeded = stack.seed_install(&id, "journaled", 60).await;
     // The commit after a successful refresh was lost; the lease was given back.
-    let pair = refresh_behind_the_sweeps_back(&stack, &seeded).await;
+    let pair = stack.refresh_behind_the_back(&seeded).await;
     stack
         .store()
         .write_journal(&id, seeded.version + 1, &pair, "other")

@@ -30,6 +30,9 @@ pub mod attr {
     pub const LEASE_UNTIL: &str = "lease_until_ms";
     pub const LEASE_INTENT: &str = "lease_intent";
     pub const DOUBT_SINCE: &str = "doubt_since_ms";
+    pub const LINK_STATE: &str = "link_state";
+    pub const LINK_AT: &str = "link_at_ms";
+    pub const LINK_SOURCE: &str = "link_source";
     pub const FAILURES: &str = "failures";
     pub const INSTALLED_AT: &str = "installed_at";
     pub const LAST_INSTALLED_AT: &str = "last_installed_at";

@@ -87,6 +87,10 @@ impl Store {
         let Some(item) = out.items.unwrap_or_default().into_iter().next() else {
             return Ok(None);
         };
+        if item.get(attr::ACCESS_TOKEN).is_none() && item.get(attr::REFRESH_TOKEN).is_none() {
+            // Erased when the app was uninstalled: nothing to adopt.
+            return Ok(None);
+        }
         let open = |field: &str| -> Result<SecretString, StoreError> {
             let sealed = get_s(&item, field).ok_or_else(|| StoreError::Corrupt {
                 key: key.clone(),

@@ -16,12 +16,15 @@ mod due;
 mod item;
 mod journal;
 mod lease;
+mod links;
+mod webhooks;
 
 pub use codes::{CodeRecord, code_hash};
 pub use due::{DuePage, shard_name, shard_of};
 pub use item::attr;
 pub use journal::JournalEntry;
 pub use lease::{LeaseOutcome, LeaseWhen, lease_token};
+pub use links::{LinkState, LocationLink};
 
 use crate::config::DuePolicy;
 use crate::crypto::{CryptoError, Keyring};
@@ -351,6 +354,24 @@ impl Store {
         self.decode(out.attributes.unwrap_or_default())
     }
 
+    /// Records a plan change on a stored grant. False when none is stored.
+    pub async fn set_plan(&self, id: &InstallId, plan_id: &str) -> Result<bool, StoreError> {
+        let mut u = Update::default();
+        u.set(attr::PLAN_ID, s(plan_id));
+        u.set(attr::UPDATED_AT, num(now_secs()));
+        let pk_n = u.name(PK);
+        let res = self
+            .update(&id.key(), GRANT_SK, u)?
+            .condition_expression(format!("attribute_exists({pk_n})"))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(dynamo("UpdateItem(plan)")(e)),
+        }
+    }
+
     /// A strongly consistent read of one install.
     pub async fn get(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
         let out = self
@@ -381,17 +402,31 @@ impl Store {
                     source,
                 })
         };
-        let current = self.keyring.current_key_id();
-        let stale_key = [attr::ACCESS_TOKEN, attr::REFRESH_TOKEN]
-            .iter()
-            .any(|f| get_s(&item, f).and_then(Keyring::key_id_of) != Some(current));
         let state_text = get_s(&item, attr::STATE).unwrap_or("active");
         let state = InstallState::parse(state_text).ok_or_else(|| corrupt("unknown state"))?;
+        // An uninstalled grant's tokens are erased: it reads with empty ones,
+        // which nothing presents (the state is terminal).
+        let erased = state == InstallState::Uninstalled;
+        let current = self.keyring.current_key_id();
+        let stale_key = !erased
+            && [attr::ACCESS_TOKEN, attr::REFRESH_TOKEN]
+                .iter()
+                .any(|f| get_s(&item, f).and_then(Keyring::key_id_of) != Some(current));
+        let token = |field: &str| {
+            if erased {
+                Ok(SecretString::new(""))
+            } else {
+                open(field)
+            }
+        };
         Ok(Install {
-            access_token: open(attr::ACCESS_TOKEN)?,
-            refresh_token: open(attr::REFRESH_TOKEN)?,
-            expires_at: get_n(&item, attr::EXPIRES_AT)
-                .ok_or_else(|| corrupt("expires_at missing"))?,
+            access_token: token(attr::ACCESS_TOKEN)?,
+            refresh_token: token(attr::REFRESH_TOKEN)?,
+            expires_at: match get_n(&item, attr::EXPIRES_AT) {
+                Some(t) => t,
+                None if erased => 0,
+                None => return Err(corrupt("expires_at missing")),
+            },
             info: GrantInfo {
                 user_type: get_s(&item, attr::USER_TYPE).and_then(UserType::parse),
                 company_id: get_s(&item, attr::COMPANY_ID).map(str::to_owned),

@@ -1,0 +1,273 @@
+//! Where the app is installed, as HighLevel told us (INSTALL and UNINSTALL
+//! webhooks, a company install's approved locations, reconciliation): one
+//! link per (company, location), and the erasing of a grant when the app is
+//! uninstalled.
+//!
+//! A link is written twice: under the company (`pk = company#<id>`,
+//! `sk = location#<id>`), so a company's locations are one Query, and under
+//! the location (`pk = location#<id>`, `sk = company`), so the mint finds a
+//! location's company in one read. Each write carries the event's time and
+//! is conditioned on it: a late or redelivered event never overwrites a newer
+//! one.
+
+use super::item::{Item, Update, attr, get_n, get_s, num, s};
+use super::{GRANT_SK, Store, StoreError, dynamo, is_condition_failure};
+use crate::model::{InstallId, InstallState, now_secs};
+use crate::schema::{DUE_AT, DUE_SHARD, PK, SK};
+
+const COMPANY_SK: &str = "company";
+const LOCATION_SK_PREFIX: &str = "location#";
+const JOURNAL_SK_PREFIX: &str = "journal#";
+/// Link writes in flight at once (a bulk install names hundreds of locations).
+const LINK_WRITES_IN_FLIGHT: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Installed,
+    Uninstalled,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Installed => "installed",
+            Self::Uninstalled => "uninstalled",
+        }
+    }
+}
+
+/// The app on one location of one company.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationLink {
+    pub company_id: String,
+    pub location_id: String,
+    pub state: LinkState,
+    /// When HighLevel said so (the event's time, epoch ms).
+    pub at_ms: i64,
+    /// Who told us: `webhook`, `callback`, `reconcile`.
+    pub source: String,
+}
+
+fn decode_link(item: &Item) -> Option<LocationLink> {
+    Some(LocationLink {
+        company_id: get_s(item, attr::COMPANY_ID)
+            .unwrap_or_default()
+            .to_owned(),
+        location_id: get_s(item, attr::LOCATION_ID)?.to_owned(),
+        state: match get_s(item, attr::LINK_STATE)? {
+            "uninstalled" => LinkState::Uninstalled,
+            _ => LinkState::Installed,
+        },
+        at_ms: get_n(item, attr::LINK_AT).unwrap_or(0),
+        source: get_s(item, attr::LINK_SOURCE)
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
+impl Store {
+    /// Records a link as of `link.at_ms`, under the company and under the
+    /// location. False when a newer event had already been recorded.
+    pub async fn set_link(&self, link: &LocationLink) -> Result<bool, StoreError> {
+        let company_pk = InstallId::Company(link.company_id.clone()).key();
+        let location_pk = InstallId::Location(link.location_id.clone()).key();
+        let location_sk = format!("{LOCATION_SK_PREFIX}{}", link.location_id);
+        let mut newer = true;
+        let mut sides = vec![(location_pk.as_str(), COMPANY_SK)];
+        // An UNINSTALL of a location we never linked names no company: the
+        // location side alone records it.
+        if !link.company_id.is_empty() {
+            sides.push((company_pk.as_str(), location_sk.as_str()));
+        }
+        for (pk, sk) in sides {
+            let mut u = Update::default();
+            u.set(attr::COMPANY_ID, s(&link.company_id));
+            u.set(attr::LOCATION_ID, s(&link.location_id));
+            u.set(attr::LINK_STATE, s(link.state.as_str()));
+            u.set(attr::LINK_SOURCE, s(&link.source));
+            u.set(attr::UPDATED_AT, num(now_secs()));
+            u.set(attr::LINK_AT, num(link.at_ms));
+            let (at_n, at_v) = (u.name(attr::LINK_AT), u.value(num(link.at_ms)));
+            let res = self
+                .update(pk, sk, u)?
+                .condition_expression(format!(
+                    "attribute_not_exists({at_n}) OR {at_n} <= {at_v}"
+                ))
+                .send()
+                .await;
+            match res {
+                Ok(_) => {}
+                Err(e) if is_condition_failure(&e) => newer = false,
+                Err(e) => return Err(dynamo("UpdateItem(link)")(e)),
+            }
+        }
+        Ok(newer)
+    }
+
+    /// Links many locations of one company (a bulk install), a bounded
+    /// number of writes at a time.
+    pub async fn link_locations(
+        &self,
+        company_id: &str,
+        location_ids: &[String],
+        at_ms: i64,
+        source: &str,
+    ) -> Result<usize, StoreError> {
+        let mut written = 0;
+        for chunk in location_ids.chunks(LINK_WRITES_IN_FLIGHT) {
+            let mut set = tokio::task::JoinSet::new();
+            for loc in chunk {
+                let (store, link) = (
+                    self.clone(),
+                    LocationLink {
+                        company_id: company_id.to_owned(),
+                        location_id: loc.clone(),
+                        state: LinkState::Installed,
+                        at_ms,
+                        source: source.to_owned(),
+                    },
+                );
+                set.spawn(async move { store.set_link(&link).await });
+            }
+            while let Some(r) = set.join_next().await {
+                let newer = r.map_err(|e| StoreError::Dynamo {
+                    op: "UpdateItem(link)",
+                    reason: format!("link task failed: {e}"),
+                })??;
+                written += usize::from(newer);
+            }
+        }
+        Ok(written)
+    }
+
+    /// The location's link, read from the location side: which company
+    /// installed the app there, and whether it still has it.
+    pub async fn link_of(&self, location_id: &str) -> Result<Option<LocationLink>, StoreError> {
+        let out = self
+            .table_op("dynamodb:GetItem")?
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(super::item::key_of(
+                &InstallId::Location(location_id.to_owned()).key(),
+                COMPANY_SK,
+            )))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo("GetItem(link)"))?;
+        Ok(out.item.as_ref().and_then(decode_link))
+    }
+
+    /// Every location linked to a company, page by page.
+    pub async fn links_of(&self, company_id: &str) -> Result<Vec<LocationLink>, StoreError> {
+        let mut links = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .table_op("dynamodb:Query")?
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(
+                    ":pk",
+                    s(InstallId::Company(company_id.to_owned()).key()),
+                )
+                .expression_attribute_values(":prefix", s(LOCATION_SK_PREFIX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(dynamo("Query(links)"))?;
+            links.extend(out.items.unwrap_or_default().iter().filter_map(decode_link));
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(links);
+            }
+        }
+    }
+
+    /// Marks a grant `uninstalled` and erases its tokens, from the row and
+    /// from its journal entries, unless it was installed again after
+    /// `at_ms` (a late UNINSTALL never wipes a newer install). The version
+    /// moves on, so a refresh in flight can commit nothing over it. False
+    /// when no grant is stored or it is newer than the event.
+    pub async fn uninstall(
+        &self,
+        id: &InstallId,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now_secs();
+        let mut u = Update::default();
+        self.set_state(&mut u, InstallState::Uninstalled, reason, now);
+        for erased in [
+            attr::ACCESS_TOKEN,
+            attr::REFRESH_TOKEN,
+            attr::KEY_ID,
+            attr::DOUBT_SINCE,
+            DUE_SHARD,
+            DUE_AT,
+        ] {
+            u.remove(erased);
+        }
+        u.release_lease();
+        u.increment(attr::VERSION);
+        let pk_n = u.name(PK);
+        let (installed_n, at_v) = (
+            u.name(attr::LAST_INSTALLED_AT),
+            u.value(num(at_ms.div_euclid(1000))),
+        );
+        let res = self
+            .update(&id.key(), GRANT_SK, u)?
+            .condition_expression(format!(
+                "attribute_exists({pk_n}) AND (attribute_not_exists({installed_n}) OR {installed_n} <= {at_v})"
+            ))
+            .send()
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_condition_failure(&e) => return Ok(false),
+            Err(e) => return Err(dynamo("UpdateItem(uninstall)")(e)),
+        }
+        self.erase_journal(id).await?;
+        Ok(true)
+    }
+
+    /// Removes the tokens from every journal entry of an install (the
+    /// entries stay until their TTL, empty).
+    async fn erase_journal(&self, id: &InstallId) -> Result<(), StoreError> {
+        let mut start = None;
+        loop {
+            let out = self
+                .table_op("dynamodb:Query")?
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":pk", s(id.key()))
+                .expression_attribute_values(":prefix", s(JOURNAL_SK_PREFIX))
+                .projection_expression("#pk, #sk")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(dynamo("Query(journal to erase)"))?;
+            for item in out.items.unwrap_or_default() {
+                let Some(sk) = get_s(&item, SK) else { continue };
+                let mut u = Update::default();
+                u.remove(attr::ACCESS_TOKEN).remove(attr::REFRESH_TOKEN);
+                self.update(&id.key(), sk, u)?
+                    .send()
+                    .await
+                    .map_err(dynamo("UpdateItem(erase journal)"))?;
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(());
+            }
+        }
+    }
+}
