@@ -388,6 +388,13 @@ pub struct SweepConfig {
     pub breaker_min_attempts: u32,
     pub breaker_ratio: f64,
     pub reconnect_fallback: bool,
+    /// Reconciliation: a link younger than this is never changed (HighLevel's
+    /// listing may lag an install or uninstall).
+    pub reconcile_grace: Duration,
+    /// Reconciliation: pages of installed locations per company at most.
+    pub reconcile_max_pages: u32,
+    /// Reconciliation: pause between two pages of one company.
+    pub reconcile_page_pace: Duration,
 }
 
 impl SweepConfig {
@@ -445,6 +452,27 @@ impl SweepConfig {
             )?,
             breaker_ratio: f64::from(ratio_pct) / 100.0,
             reconnect_fallback: env.flag("RECONNECT_FALLBACK", false)?,
+            reconcile_grace: Duration::from_secs(env.number(
+                "RECONCILE_GRACE_SECS",
+                3600u64,
+                0,
+                7 * 86400,
+                "seconds, 0 to 604800",
+            )?),
+            reconcile_max_pages: env.number(
+                "RECONCILE_MAX_PAGES",
+                100u32,
+                1,
+                10_000,
+                "a whole number of 100-location pages, 1 to 10000",
+            )?,
+            reconcile_page_pace: Duration::from_millis(env.number(
+                "RECONCILE_PAGE_PACE_MS",
+                150u64,
+                0,
+                10_000,
+                "milliseconds, 0 to 10000",
+            )?),
             common,
         })
     }
@@ -469,7 +497,8 @@ impl MintConfig {
 }
 
 /// HighLevel's published key for `x-ghl-signature` (SPKI, base64).
-pub const HIGHLEVEL_WEBHOOK_KEY: &str = "MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=";
+pub const HIGHLEVEL_WEBHOOK_KEY: &str =
+    "MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=";
 
 /// `marketplace-webhook`.
 #[derive(Debug, Clone)]

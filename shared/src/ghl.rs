@@ -141,6 +141,20 @@ pub struct InstalledLocation {
     pub installed_at: Option<String>,
 }
 
+/// Locations per page of `GET /oauth/installedLocations`.
+pub const LOCATIONS_PAGE: u64 = 100;
+
+/// The whole bounded listing of a company's installed locations.
+#[derive(Debug, Clone, Default)]
+pub struct AllInstalled {
+    pub locations: Vec<InstalledLocation>,
+    /// HighLevel's `count`.
+    pub count: u64,
+    pub pages: u32,
+    /// False when a bound stopped the listing before its end.
+    pub complete: bool,
+}
+
 /// Who a reconnect is for (seed 003).
 pub enum ReconnectTarget<'a> {
     Company(&'a str),
@@ -496,6 +510,62 @@ impl GhlClient {
             ]);
         self.send(Endpoint::Bearer, "installed_locations", req)
             .await
+    }
+
+    /// Every location `GET /oauth/installedLocations` lists for a company,
+    /// paged and bounded: at most `max_pages` pages, ids de-duplicated, and a
+    /// stop as soon as a page adds no new id (a server that ignores `skip`
+    /// repeats its first page) or `count` is reached. `complete` is false
+    /// when a bound, not the end of the list, stopped it.
+    pub async fn all_installed_locations(
+        &self,
+        company_token: &SecretString,
+        company_id: &str,
+        app_id: &str,
+        max_pages: u32,
+        pace: Duration,
+    ) -> Result<AllInstalled, GhlError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = AllInstalled::default();
+        let mut skip = 0u64;
+        while out.pages < max_pages {
+            if out.pages > 0 {
+                // Under HighLevel's per-company burst limit (100 / 10 s).
+                tokio::time::sleep(pace).await;
+            }
+            let page = self
+                .installed_locations(company_token, company_id, app_id, skip, LOCATIONS_PAGE)
+                .await?;
+            out.pages += 1;
+            out.count = page.count;
+            let n = page.locations.len() as u64;
+            let mut fresh = 0;
+            for l in page.locations {
+                if seen.insert(l.id.clone()) {
+                    fresh += 1;
+                    out.locations.push(l);
+                }
+            }
+            skip += n;
+            if n == 0 || skip >= page.count {
+                out.complete = true;
+                return Ok(out);
+            }
+            if fresh == 0 {
+                tracing::warn!(
+                    company_id,
+                    skip,
+                    "installedLocations repeated a page (skip ignored?); stopping"
+                );
+                return Ok(out);
+            }
+        }
+        tracing::warn!(
+            company_id,
+            pages = out.pages,
+            "installedLocations page cap reached; stopping"
+        );
+        Ok(out)
     }
 
     /// `POST /oauth/reconnect` (seed 003): an authorization code for an

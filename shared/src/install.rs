@@ -128,11 +128,7 @@ impl Installed {
             reinstall: install.install_count > 1,
             id: install.id.clone(),
             fresh,
-            approved_locations: install
-                .info
-                .approved_locations
-                .as_ref()
-                .map_or(0, Vec::len),
+            approved_locations: install.info.approved_locations.as_ref().map_or(0, Vec::len),
             install_to_future_locations: install.info.install_to_future_locations,
         }
     }
@@ -314,8 +310,12 @@ async fn link_installed_locations(svc: &Services, id: &InstallId, info: &crate::
         .link_locations(company_id, &locations, now_millis(), "callback")
         .await
     {
-        Ok(n) => tracing::info!(install_id = %id, locations = locations.len(), linked = n, "installed locations linked"),
-        Err(e) => tracing::error!(install_id = %id, error = %e, "installed locations not linked; reconciliation will"),
+        Ok(n) => {
+            tracing::info!(install_id = %id, locations = locations.len(), linked = n, "installed locations linked")
+        }
+        Err(e) => {
+            tracing::error!(install_id = %id, error = %e, "installed locations not linked; reconciliation will")
+        }
     }
 }
 

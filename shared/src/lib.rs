@@ -14,6 +14,7 @@ pub mod install;
 pub mod metrics;
 pub mod mint;
 pub mod model;
+pub mod reconcile;
 pub mod redact;
 pub mod refresh;
 pub mod rekey;

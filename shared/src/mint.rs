@@ -28,7 +28,10 @@ const SINGLE_FLIGHT_WAIT: Duration = Duration::from_secs(8);
 const SINGLE_FLIGHT_POLL: Duration = Duration::from_millis(100);
 /// A company token is refreshed before minting when it has less than this left.
 const COMPANY_MIN_VALIDITY: i64 = 600;
-const PAGE_LIMIT: u64 = 100;
+/// `listInstalledLocations` stops after this many pages (10,000 locations).
+const MAX_LOCATION_PAGES: u32 = 100;
+/// Between pages: well under HighLevel's 100 requests / 10 s per company.
+const LOCATION_PAGE_PACE: Duration = Duration::from_millis(150);
 
 /// Errors with the stable `errorType` names Step Functions can match.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +266,9 @@ impl MintResponse {
 pub struct InstalledLocations {
     pub company_id: String,
     pub count: u64,
+    /// False when the listing stopped at a bound (page cap, or a server
+    /// repeating pages) before its end.
+    pub complete: bool,
     pub locations: Vec<InstalledLocation>,
 }
 
@@ -417,9 +423,7 @@ impl Minter<'_> {
             let source = if refreshed { "refreshed" } else { "cache" };
             return Ok(MintResponse::from_install(&minted, loc, source));
         }
-        let linked = link
-            .map(|l| l.company_id)
-            .filter(|c| !c.is_empty());
+        let linked = link.map(|l| l.company_id).filter(|c| !c.is_empty());
         let company_id = match (&req.company_id, linked) {
             (Some(c), _) => c.clone(),
             (None, Some(c)) => c,
@@ -485,6 +489,12 @@ impl Minter<'_> {
             )));
         }
         Ok(stored)
+    }
+
+    /// The company's grant with a usable access token, refreshed first
+    /// under the protocol when near expiry (reconciliation lists with it).
+    pub async fn company_token(&self, company_id: &str) -> Result<Install, MintError> {
+        self.company_grant(company_id).await
     }
 
     async fn company_grant(&self, company_id: &str) -> Result<Install, MintError> {
@@ -663,26 +673,24 @@ impl Minter<'_> {
                 MintError::Internal("no app id: set app_id in the app secret or GHL_APP_ID".into())
             })?;
         let company = self.company_grant(company_id).await?;
-        let mut locations = Vec::new();
-        let mut skip = 0;
-        loop {
-            let page = self
-                .svc
-                .ghl
-                .installed_locations(&company.access_token, company_id, app_id, skip, PAGE_LIMIT)
-                .await
-                .map_err(|e| from_ghl(e, "listing installed locations"))?;
-            let n = page.locations.len() as u64;
-            locations.extend(page.locations);
-            skip += n;
-            if n == 0 || skip >= page.count {
-                return Ok(InstalledLocations {
-                    company_id: company_id.to_owned(),
-                    count: page.count.max(skip),
-                    locations,
-                });
-            }
-        }
+        let all = self
+            .svc
+            .ghl
+            .all_installed_locations(
+                &company.access_token,
+                company_id,
+                app_id,
+                MAX_LOCATION_PAGES,
+                LOCATION_PAGE_PACE,
+            )
+            .await
+            .map_err(|e| from_ghl(e, "listing installed locations"))?;
+        Ok(InstalledLocations {
+            company_id: company_id.to_owned(),
+            count: all.count.max(all.locations.len() as u64),
+            complete: all.complete,
+            locations: all.locations,
+        })
     }
 }
 

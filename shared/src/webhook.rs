@@ -32,7 +32,9 @@ pub enum WebhookError {
     Malformed(String),
     #[error("the event is for app {got:?}, not this app")]
     WrongApp { got: String },
-    #[error("the event's timestamp is {age_secs} s away from now; at most {window_secs} s are accepted (replay protection)")]
+    #[error(
+        "the event's timestamp is {age_secs} s away from now; at most {window_secs} s are accepted (replay protection)"
+    )]
     Stale { age_secs: i64, window_secs: u64 },
     #[error("webhook {0} was already processed")]
     Replayed(String),
@@ -60,19 +62,29 @@ impl WebhookError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// A location is now a known location of its company.
-    LocationInstalled { company_id: String, location_id: String },
+    LocationInstalled {
+        company_id: String,
+        location_id: String,
+    },
     /// A company install: its grant arrives through the OAuth callback.
-    CompanyInstalled { company_id: String },
+    CompanyInstalled {
+        company_id: String,
+    },
     /// Grants marked `uninstalled` and erased, and locations unlinked.
     Uninstalled {
         target: String,
         grants: usize,
         locations: usize,
     },
-    PlanChanged { target: String, plan_id: String },
+    PlanChanged {
+        target: String,
+        plan_id: String,
+    },
     /// A type this project does not act on (acknowledged, so HighLevel does
     /// not retry it).
-    Ignored { kind: String },
+    Ignored {
+        kind: String,
+    },
 }
 
 impl Applied {
@@ -112,14 +124,14 @@ pub fn verify(
         let sig = b64
             .decode(sig)
             .map_err(|_| WebhookError::BadSignature("x-ghl-signature is not base64"))?;
-        return ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ED25519,
-            &cfg.public_key,
-        )
-        .verify(body, &sig)
-        .map_err(|_| WebhookError::BadSignature("x-ghl-signature"));
+        return ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &cfg.public_key)
+            .verify(body, &sig)
+            .map_err(|_| WebhookError::BadSignature("x-ghl-signature"));
     }
-    match (&cfg.rsa_public_key, rsa_sig.map(str::trim).filter(|s| !s.is_empty())) {
+    match (
+        &cfg.rsa_public_key,
+        rsa_sig.map(str::trim).filter(|s| !s.is_empty()),
+    ) {
         (Some(key), Some(sig)) => {
             let sig = b64
                 .decode(sig)
@@ -173,7 +185,8 @@ pub fn parse(body: &[u8]) -> Result<Event, WebhookError> {
     let obj = v
         .as_object()
         .ok_or_else(|| WebhookError::Malformed("not a JSON object".into()))?;
-    let kind = text(obj, "type").ok_or_else(|| WebhookError::Malformed("type is missing".into()))?;
+    let kind =
+        text(obj, "type").ok_or_else(|| WebhookError::Malformed("type is missing".into()))?;
     let webhook_id = text(obj, "webhookId")
         .ok_or_else(|| WebhookError::Malformed("webhookId is missing".into()))?;
     let app_id =
@@ -181,12 +194,11 @@ pub fn parse(body: &[u8]) -> Result<Event, WebhookError> {
     let at_ms = obj
         .get("timestamp")
         .and_then(timestamp_ms)
-        .ok_or_else(|| {
-            WebhookError::Malformed("timestamp is missing or not a time".into())
-        })?;
+        .ok_or_else(|| WebhookError::Malformed("timestamp is missing or not a time".into()))?;
     let id_ok = |s: &String| {
         s.len() <= crate::mint::MAX_ID_LEN
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     let company_id = text(obj, "companyId");
     let location_id = text(obj, "locationId");
@@ -198,7 +210,9 @@ pub fn parse(body: &[u8]) -> Result<Event, WebhookError> {
         }
     }
     if webhook_id.len() > 128 {
-        return Err(WebhookError::Malformed("webhookId is longer than 128 characters".into()));
+        return Err(WebhookError::Malformed(
+            "webhookId is longer than 128 characters".into(),
+        ));
     }
     Ok(Event {
         kind: kind.to_ascii_uppercase(),
@@ -275,16 +289,22 @@ async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
                         location_id: location_id.clone(),
                     })
                 }
-                (None, Some(t)) if t.eq_ignore_ascii_case("location") => {
-                    Err(missing("locationId"))
-                }
+                (None, Some(t)) if t.eq_ignore_ascii_case("location") => Err(missing("locationId")),
                 (None, _) => Ok(Applied::CompanyInstalled { company_id }),
             }
         }
         "UNINSTALL" => {
-            let reason = "HighLevel: the app was uninstalled (UNINSTALL webhook); its tokens are erased";
-            uninstall(svc, e.company_id.as_deref(), e.location_id.as_deref(), reason, e.at_ms)
-                .await
+            let reason =
+                "HighLevel: the app was uninstalled (UNINSTALL webhook); its tokens are erased";
+            uninstall(
+                svc,
+                e.company_id.as_deref(),
+                e.location_id.as_deref(),
+                reason,
+                e.at_ms,
+                "webhook",
+            )
+            .await
         }
         "PLAN_CHANGE" => {
             let plan_id = e.plan_id.clone().ok_or_else(|| missing("planId"))?;
@@ -316,6 +336,7 @@ pub async fn uninstall(
     location_id: Option<&str>,
     reason: &str,
     at_ms: i64,
+    source: &str,
 ) -> Result<Applied, WebhookError> {
     let store = &svc.store;
     let mut grants = 0;
@@ -326,7 +347,7 @@ pub async fn uninstall(
         location_id: location,
         state: LinkState::Uninstalled,
         at_ms,
-        source: "webhook".into(),
+        source: source.to_owned(),
     };
     match (location_id, company_id) {
         (Some(loc), company) => {
@@ -339,7 +360,10 @@ pub async fn uninstall(
                 .set_link(&unlink(company.unwrap_or_default(), loc.to_owned()))
                 .await?;
             locations += 1;
-            for id in [InstallId::Location(loc.to_owned()), InstallId::Minted(loc.to_owned())] {
+            for id in [
+                InstallId::Location(loc.to_owned()),
+                InstallId::Minted(loc.to_owned()),
+            ] {
                 grants += usize::from(store.uninstall(&id, reason, at_ms).await?);
             }
         }
@@ -437,7 +461,9 @@ fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | usize::from(b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |a, &b| (a << 8) | usize::from(b));
         (len, &rest[n..])
     };
     (rest.len() >= len).then(|| rest.split_at(len))
@@ -454,7 +480,8 @@ mod tests {
     fn highlevels_published_key_reads_as_ed25519() {
         let key = ed25519_key(&spki_der(HIGHLEVEL_KEY).unwrap()).unwrap();
         assert_eq!(key.len(), 32);
-        let pem = format!("-----BEGIN PUBLIC KEY-----\n{HIGHLEVEL_KEY}\n-----END PUBLIC KEY-----\n");
+        let pem =
+            format!("-----BEGIN PUBLIC KEY-----\n{HIGHLEVEL_KEY}\n-----END PUBLIC KEY-----\n");
         assert_eq!(ed25519_key(&spki_der(&pem).unwrap()).unwrap(), key);
         assert!(ed25519_key(&[0u8; 44]).is_err());
         assert!(spki_der("not base64!").is_err());
@@ -487,7 +514,10 @@ mod tests {
         let (content, rest) = der(&long, 0x04).unwrap();
         assert_eq!((content.len(), rest.len()), (200, 0));
         assert!(der(&[0x04, 0x81], 0x04).is_none());
-        assert!(der(&[0x04, 0x05, 1, 2], 0x04).is_none(), "length beyond the input");
+        assert!(
+            der(&[0x04, 0x05, 1, 2], 0x04).is_none(),
+            "length beyond the input"
+        );
         assert!(rsa_key(&spki_der(HIGHLEVEL_KEY).unwrap()).is_err());
     }
 }

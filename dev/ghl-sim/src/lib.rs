@@ -44,6 +44,8 @@ pub struct SimConfig {
     /// answered with the very body its rotation produced (a grace replay).
     /// 0 (the default) means strict single use.
     pub refresh_grace_secs: u64,
+    /// `GET /oauth/installedLocations` ignores `skip` (a misbehaving server).
+    pub ignore_skip: bool,
 }
 
 impl Default for SimConfig {
@@ -56,6 +58,7 @@ impl Default for SimConfig {
             access_token_ttl_secs: 86_399,
             code_ttl_secs: 600,
             refresh_grace_secs: 0,
+            ignore_skip: false,
         }
     }
 }
@@ -622,6 +625,20 @@ impl Sim {
 
     pub fn set_client_secret(&self, secret: &str) {
         lock(&self.shared.cfg).client_secret = secret.to_owned();
+    }
+
+    /// Makes `GET /oauth/installedLocations` ignore `skip` (every page is
+    /// the first): clients must not loop on it.
+    pub fn set_ignore_skip(&self, ignore: bool) {
+        lock(&self.shared.cfg).ignore_skip = ignore;
+    }
+
+    /// Removes a location from the company's installed locations without
+    /// any webhook (an UNINSTALL whose delivery was lost).
+    pub fn remove_location_silently(&self, company_id: &str, location_id: &str) {
+        if let Some(m) = lock(&self.shared.inner).locations.get_mut(company_id) {
+            m.remove(location_id);
+        }
     }
 
     pub fn counters(&self) -> Counters {
@@ -1637,6 +1654,8 @@ async fn installed_locations(
         }
         let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(d);
         let (skip, limit) = (num("skip", 0), num("limit", 20).clamp(1, 100));
+        // A server that ignores `skip` answers the first page every time.
+        let skip = if cfg.ignore_skip { 0 } else { skip };
         let all: Vec<Value> = inner
             .locations
             .get(company)

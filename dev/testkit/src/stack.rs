@@ -426,6 +426,38 @@ pub fn function_url_event(method: &str, query: &[(&str, &str)]) -> Value {
     event
 }
 
+/// A Lambda Function URL (payload 2.0) POST event carrying `body`, with
+/// `headers` (names as given; Function URLs lower-case them) over a JSON
+/// content type. `base64`: the body travels base64-encoded
+/// (`isBase64Encoded: true`), as Lambda sends a body it does not take for
+/// text; otherwise it must be UTF-8 and travels as it is.
+///
+/// # Panics
+/// If `base64` is false and `body` is not UTF-8.
+pub fn function_url_post_event(body: &[u8], headers: &[(&str, &str)], base64: bool) -> Value {
+    let mut event = function_url_event("POST", &[]);
+    let map = event["headers"]
+        .as_object_mut()
+        .expect("the event has a headers object");
+    map.insert("accept".into(), "application/json".into());
+    map.insert("content-type".into(), "application/json".into());
+    map.insert("content-length".into(), body.len().to_string().into());
+    for (k, v) in headers {
+        map.insert((*k).into(), (*v).into());
+    }
+    event["body"] = if base64 {
+        base64::engine::general_purpose::STANDARD
+            .encode(body)
+            .into()
+    } else {
+        std::str::from_utf8(body)
+            .expect("a body sent without base64 is UTF-8")
+            .into()
+    };
+    event["isBase64Encoded"] = base64.into();
+    event
+}
+
 /// An EventBridge scheduled event.
 pub fn scheduled_event() -> Value {
     json!({

@@ -60,7 +60,11 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response<Body> {
 
 async fn handle(app: &App, req: Request) -> Response<Body> {
     if req.method() != Method::POST {
-        tracing::warn!(outcome = "refused", error = "MethodNotAllowed", "webhook answered");
+        tracing::warn!(
+            outcome = "refused",
+            error = "MethodNotAllowed",
+            "webhook answered"
+        );
         let mut r = answer(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "MethodNotAllowed", "message": "webhooks are delivered with POST"}),

@@ -42,7 +42,6 @@ async fn windowed_stack() -> Stack {
     .await
 }
 
-
 /// The newest grant HighLevel holds for an install.
 fn newest_chain(ledger: &Ledger, id: &InstallId) -> Chain {
     let chain = match id {

@@ -16,7 +16,6 @@ async fn sweep(stack: &Stack, deadline: Duration) -> Result<Value, InvokeError> 
         .await
 }
 
-
 /// The companies HighLevel issued a new pair to, in the order it did so.
 /// Tokens nobody has presented yet are the ones a refresh handed out (or a
 /// seeded install's untouched one, which `prefix` leaves out).

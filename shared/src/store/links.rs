@@ -50,9 +50,7 @@ pub struct LocationLink {
 
 fn decode_link(item: &Item) -> Option<LocationLink> {
     Some(LocationLink {
-        company_id: get_s(item, attr::COMPANY_ID)
-            .unwrap_or_default()
-            .to_owned(),
+        company_id: get_s(item, attr::COMPANY_ID).unwrap_or_default().to_owned(),
         location_id: get_s(item, attr::LOCATION_ID)?.to_owned(),
         state: match get_s(item, attr::LINK_STATE)? {
             "uninstalled" => LinkState::Uninstalled,
@@ -90,9 +88,7 @@ impl Store {
             let (at_n, at_v) = (u.name(attr::LINK_AT), u.value(num(link.at_ms)));
             let res = self
                 .update(pk, sk, u)?
-                .condition_expression(format!(
-                    "attribute_not_exists({at_n}) OR {at_n} <= {at_v}"
-                ))
+                .condition_expression(format!("attribute_not_exists({at_n}) OR {at_n} <= {at_v}"))
                 .send()
                 .await;
             match res {
