@@ -16,7 +16,7 @@ log "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "infrastructure template checks"
 dev/infra-check.sh
-log "release arm64 build of the three functions, as deployed"
+log "release arm64 build of the four functions, as deployed"
 dev/package.sh
 start_moto
 log "building the function binaries the integration tests run"
