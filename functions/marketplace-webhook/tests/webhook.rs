@@ -988,3 +988,128 @@ async fn plan_change_updates_the_stored_plan() {
 
     stack.assert_logs_clean(&hook.logs(), &[]).await;
 }
+
+// ---------------------------------------------------------------------------
+// Reinstall after an uninstall (README, states: `uninstalled` → "the
+// customer installs again → active").
+// ---------------------------------------------------------------------------
+
+/// A location uninstalled and then installed again (a Location install
+/// through the callback, and HighLevel's INSTALL) is served again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_location_installed_again_after_its_uninstall_is_served() {
+    let stack = Stack::new().await;
+    let sim = &stack.sim;
+    let hook = spawn_webhook(&stack, &stack.api, &[]);
+    let mint_api = RuntimeApi::start().await.unwrap();
+    let minter = stack.spawn_on(&mint_api, "token-mint", &[]);
+    let cb_api = RuntimeApi::start().await.unwrap();
+    let cb = stack.spawn_on(&cb_api, "oauth-callback", &[("GHL_USER_TYPE", "Location")]);
+    stack
+        .seed_install(&InstallId::Company("co-w".into()), "co-w", 86_399)
+        .await;
+    sim.add_locations("co-w", &[("loc-w1", "W1")]);
+    let r = mint(&mint_api, json!({"locationId": "loc-w1", "companyId": "co-w"}))
+        .await
+        .expect("minted");
+    assert_eq!(r["source"], "minted");
+    sim.uninstall(SimUserType::Location, "loc-w1");
+    for d in sim.take_webhooks() {
+        deliver(&stack.api, &d).await.accepted("uninstalled");
+    }
+    let (kind, _) = mint_error(mint(&mint_api, json!({"locationId": "loc-w1"})).await);
+    assert_eq!(kind, "AppUninstalled");
+
+    // The sub-account installs the app again, a moment later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let code = stack
+        .consent_code(&ConsentTarget {
+            user_type: SimUserType::Location,
+            company_id: "co-w".into(),
+            location_id: Some("loc-w1".into()),
+            deny: false,
+        })
+        .await;
+    let out = cb_api
+        .invoke_with(
+            function_url_event("GET", &[("code", &code)]),
+            InvokeOptions::with_deadline(Duration::from_secs(30)),
+        )
+        .await
+        .expect("the callback answers");
+    assert_eq!(out["statusCode"], 200, "{out}");
+    for d in sim.take_webhooks() {
+        deliver(&stack.api, &d).await.accepted("location_installed");
+    }
+    let own = stack.install(&InstallId::Location("loc-w1".into())).await;
+    assert_eq!(own.state, InstallState::Active);
+    let link = stack.store().link_of("loc-w1").await.unwrap().unwrap();
+    assert_eq!(link.state, LinkState::Installed, "{link:?}");
+
+    let served = mint(&mint_api, json!({"locationId": "loc-w1"})).await;
+    let mut logs = hook.logs();
+    logs.extend(minter.logs());
+    logs.extend(cb.logs());
+    stack.assert_logs_clean(&logs, &[&code]).await;
+    let served = served.expect("the reinstalled location is served");
+    assert_eq!(served["source"], "location-install", "{served}");
+}
+
+/// An agency uninstalled and then installed again: its locations are minted
+/// again from the new company grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_company_installed_again_after_its_uninstall_mints_again() {
+    let stack = Stack::new().await;
+    let sim = &stack.sim;
+    let hook = spawn_webhook(&stack, &stack.api, &[]);
+    let mint_api = RuntimeApi::start().await.unwrap();
+    let minter = stack.spawn_on(&mint_api, "token-mint", &[]);
+    let cb_api = RuntimeApi::start().await.unwrap();
+    let cb = stack.spawn_on(&cb_api, "oauth-callback", &[]);
+    let company = InstallId::Company("co-x".into());
+    stack.seed_install(&company, "co-x", 86_399).await;
+    sim.add_locations("co-x", &[("loc-x1", "X1")]);
+    let r = mint(&mint_api, json!({"locationId": "loc-x1", "companyId": "co-x"}))
+        .await
+        .expect("minted");
+    assert_eq!(r["source"], "minted");
+    sim.uninstall(SimUserType::Company, "co-x");
+    for d in sim.take_webhooks() {
+        deliver(&stack.api, &d).await.accepted("uninstalled");
+    }
+
+    // The agency installs the app again, on the same sub-account.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sim.add_locations("co-x", &[("loc-x1", "X1")]);
+    let code = stack
+        .consent_code(&ConsentTarget {
+            user_type: SimUserType::Company,
+            company_id: "co-x".into(),
+            location_id: None,
+            deny: false,
+        })
+        .await;
+    let out = cb_api
+        .invoke_with(
+            function_url_event("GET", &[("code", &code)]),
+            InvokeOptions::with_deadline(Duration::from_secs(30)),
+        )
+        .await
+        .expect("the callback answers");
+    assert_eq!(out["statusCode"], 200, "{out}");
+    for d in sim.take_webhooks() {
+        deliver(&stack.api, &d).await.accepted("company_installed");
+    }
+    let again = stack.install(&company).await;
+    assert_eq!(again.state, InstallState::Active);
+    let link = stack.store().link_of("loc-x1").await.unwrap().unwrap();
+    assert_eq!(link.state, LinkState::Installed, "{link:?}");
+
+    let served = mint(&mint_api, json!({"locationId": "loc-x1", "companyId": "co-x"})).await;
+    let mut logs = hook.logs();
+    logs.extend(minter.logs());
+    logs.extend(cb.logs());
+    stack.assert_logs_clean(&logs, &[&code]).await;
+    let served = served.expect("a location of the reinstalled agency is served");
+    assert_eq!(served["source"], "minted", "{served}");
+}
