@@ -401,14 +401,26 @@ impl Minter<'_> {
         let link = self.svc.store.link_of(loc).await?;
         let uninstalled_at = match (&link, &cached) {
             (Some(l), _) if l.state == LinkState::Uninstalled => Some(l.at_ms / 1000),
-            (_, Some(c)) if c.state == InstallState::Uninstalled => Some(c.state_changed_at),
+            // An erased minted grant counts unless a newer link says installed.
+            (Some(l), Some(c))
+                if c.state == InstallState::Uninstalled && l.at_ms / 1000 <= c.state_changed_at =>
+            {
+                Some(c.state_changed_at)
+            }
+            (None, Some(c)) if c.state == InstallState::Uninstalled => Some(c.state_changed_at),
             _ => None,
         };
         if let Some(at) = uninstalled_at {
-            return Err(MintError::AppUninstalled(format!(
-                "the app was uninstalled from location {loc} (at {}); it must be installed again before tokens can be served",
-                rfc3339(at)
-            )));
+            let company = req
+                .company_id
+                .clone()
+                .or_else(|| link.as_ref().map(|l| l.company_id.clone()));
+            if !self.installed_since(loc, company.as_deref(), at).await? {
+                return Err(MintError::AppUninstalled(format!(
+                    "the app was uninstalled from location {loc} (at {}); it must be installed again before tokens can be served",
+                    rfc3339(at)
+                )));
+            }
         }
         if let Some((own, _)) = self
             .fresh_grant(&InstallId::Location(loc.clone()), min)
@@ -434,6 +446,32 @@ impl Minter<'_> {
             })?,
         };
         self.mint_from_company(loc, &company_id, min).await
+    }
+
+    /// Whether the app was installed again after an uninstall at `at`
+    /// (epoch s): the location's own grant, or the company's, is live and
+    /// newer. Then the uninstall no longer stands in the way.
+    async fn installed_since(
+        &self,
+        loc: &str,
+        company: Option<&str>,
+        at: i64,
+    ) -> Result<bool, MintError> {
+        let mut ids = vec![InstallId::Location(loc.to_owned())];
+        ids.extend(
+            company
+                .filter(|c| !c.is_empty())
+                .map(|c| InstallId::Company(c.to_owned())),
+        );
+        for id in ids {
+            if let Some(i) = self.svc.store.get(&id).await?
+                && i.state.is_refreshable()
+                && i.last_installed_at > at
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// A request naming a company must match the stored grant's company.

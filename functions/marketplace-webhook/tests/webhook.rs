@@ -232,7 +232,9 @@ async fn signatures_are_verified_over_the_exact_bytes_received() {
         .expect("the body names the location")
         + 8;
     tampered[at] = b'2';
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, &str, &str)> = vec![
+    // (what, body, headers, error, message says)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "no signature",
             body.clone(),
@@ -746,7 +748,7 @@ async fn uninstall_erases_the_grants_and_the_mint_and_sweep_stand_down() {
     }
     let items = stack.items().await;
     assert!(
-        items_of(&items, &[company.clone()])
+        items_of(&items, std::slice::from_ref(&company))
             .iter()
             .any(|i| i["sk"].as_s().unwrap().starts_with("journal#")),
         "the company's refresh left a journal entry"
@@ -1009,9 +1011,12 @@ async fn a_location_installed_again_after_its_uninstall_is_served() {
         .seed_install(&InstallId::Company("co-w".into()), "co-w", 86_399)
         .await;
     sim.add_locations("co-w", &[("loc-w1", "W1")]);
-    let r = mint(&mint_api, json!({"locationId": "loc-w1", "companyId": "co-w"}))
-        .await
-        .expect("minted");
+    let r = mint(
+        &mint_api,
+        json!({"locationId": "loc-w1", "companyId": "co-w"}),
+    )
+    .await
+    .expect("minted");
     assert_eq!(r["source"], "minted");
     sim.uninstall(SimUserType::Location, "loc-w1");
     for d in sim.take_webhooks() {
@@ -1069,9 +1074,12 @@ async fn a_company_installed_again_after_its_uninstall_mints_again() {
     let company = InstallId::Company("co-x".into());
     stack.seed_install(&company, "co-x", 86_399).await;
     sim.add_locations("co-x", &[("loc-x1", "X1")]);
-    let r = mint(&mint_api, json!({"locationId": "loc-x1", "companyId": "co-x"}))
-        .await
-        .expect("minted");
+    let r = mint(
+        &mint_api,
+        json!({"locationId": "loc-x1", "companyId": "co-x"}),
+    )
+    .await
+    .expect("minted");
     assert_eq!(r["source"], "minted");
     sim.uninstall(SimUserType::Company, "co-x");
     for d in sim.take_webhooks() {
@@ -1105,7 +1113,11 @@ async fn a_company_installed_again_after_its_uninstall_mints_again() {
     let link = stack.store().link_of("loc-x1").await.unwrap().unwrap();
     assert_eq!(link.state, LinkState::Installed, "{link:?}");
 
-    let served = mint(&mint_api, json!({"locationId": "loc-x1", "companyId": "co-x"})).await;
+    let served = mint(
+        &mint_api,
+        json!({"locationId": "loc-x1", "companyId": "co-x"}),
+    )
+    .await;
     let mut logs = hook.logs();
     logs.extend(minter.logs());
     logs.extend(cb.logs());

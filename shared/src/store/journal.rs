@@ -87,7 +87,7 @@ impl Store {
         let Some(item) = out.items.unwrap_or_default().into_iter().next() else {
             return Ok(None);
         };
-        if item.get(attr::ACCESS_TOKEN).is_none() && item.get(attr::REFRESH_TOKEN).is_none() {
+        if !item.contains_key(attr::ACCESS_TOKEN) && !item.contains_key(attr::REFRESH_TOKEN) {
             // Erased when the app was uninstalled: nothing to adopt.
             return Ok(None);
         }
