@@ -2,7 +2,8 @@
 # Brings the local stack up and runs one install end to end:
 #   moto (DynamoDB + Secrets Manager) -> bootstrap table and secret ->
 #   HighLevel simulator -> functions under `cargo lambda watch` ->
-#   consent page -> oauth-callback -> the install as stored in DynamoDB.
+#   consent page -> oauth-callback -> the install as stored in DynamoDB ->
+#   the simulator's signed INSTALL webhook -> marketplace-webhook.
 # Then keeps the stack running until Ctrl-C (pass --once to stop after the demo).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -33,6 +34,10 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$SIM_PORT/_sim/health" 30
 
 CALLBACK="http://127.0.0.1:$LAMBDA_PORT/lambda-url/oauth-callback"
+WEBHOOK="http://127.0.0.1:$LAMBDA_PORT/lambda-url/marketplace-webhook"
+# The simulator signs its webhooks with its own key pair: the webhook function checks against it.
+GHL_WEBHOOK_PUBLIC_KEY=$(curl -s "http://127.0.0.1:$SIM_PORT/_sim/webhook-key" | python3 -c 'import json,sys;print(json.load(sys.stdin)["publicKey"])')
+export GHL_WEBHOOK_PUBLIC_KEY
 export GHL_API_BASE_URL="http://127.0.0.1:$SIM_PORT"
 export GHL_REDIRECT_URI="$CALLBACK"
 export RUST_LOG=info
@@ -53,10 +58,24 @@ STATUS=$(tail -n1 <<<"$PAGE")
 echo "   HTTP $STATUS: $(sed '$d' <<<"$PAGE" | python3 -c 'import re,sys,html; b=re.sub(r"(?s)<(style|head)>.*?</\1>","",sys.stdin.read()); print(" ".join(html.unescape(re.sub(r"<[^>]+>"," ",b)).split()))')"
 [ "$STATUS" = 200 ] || { echo "error: the callback answered $STATUS; see $STATE_DIR/lambda.log" >&2; exit 1; }
 
-log "3. the install in DynamoDB (tokens encrypted, metadata readable)"
+log "3. the simulator's signed INSTALL webhook, delivered to marketplace-webhook"
+curl -s "http://127.0.0.1:$SIM_PORT/_sim/webhooks" | python3 -c '
+import json, sys, urllib.error, urllib.request
+for d in json.load(sys.stdin):
+    req = urllib.request.Request(sys.argv[1], data=d["body"].encode(), method="POST",
+        headers={"content-type": "application/json", "x-ghl-signature": d["signature"]})
+    kind, wid = d["kind"], d["webhookId"]
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            print(f"   {kind} {wid}: HTTP {r.status} {r.read().decode()}")
+    except urllib.error.HTTPError as e:
+        sys.exit(f"error: the webhook answered {e.code}: {e.read().decode()}")
+' "$WEBHOOK"
+
+log "4. the install in DynamoDB (tokens encrypted, metadata readable)"
 target/debug/installs-admin list
 
-log "4. refresh-sweep invoked once (nothing is due yet: a fresh token has ~24 h left)"
+log "5. refresh-sweep invoked once (nothing is due yet: a fresh token has ~24 h left)"
 cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" refresh-sweep --data-file events/refresh-sweep/scheduled.json
 echo
 
