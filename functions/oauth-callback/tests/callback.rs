@@ -114,8 +114,35 @@ async fn company_install_lands_encrypted_with_metadata() {
         );
     }
     assert_eq!(raw["company_id"].as_s().unwrap(), "co-1");
-    // The code claim records the outcome; no other items.
-    assert_eq!(items.len(), 2, "install + code claim");
+    // The code claim records the outcome, and the bulk install's two
+    // approved locations are linked to the company (each under the company
+    // and under the location); no other items.
+    let keys: Vec<(String, String)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["pk"].as_s().unwrap().clone(),
+                i["sk"].as_s().unwrap().clone(),
+            )
+        })
+        .collect();
+    assert_eq!(keys.len(), 6, "install + code claim + 2 x 2 links: {keys:?}");
+    for (pk, sk) in [
+        ("company#co-1", "location#loc-a"),
+        ("company#co-1", "location#loc-b"),
+        ("location#loc-a", "company"),
+        ("location#loc-b", "company"),
+    ] {
+        assert!(
+            keys.contains(&(pk.to_owned(), sk.to_owned())),
+            "{pk} {sk} missing: {keys:?}"
+        );
+    }
+    assert!(
+        a.body.contains("It covers 2 sub-accounts."),
+        "the page says how far the install reaches: {}",
+        a.body
+    );
     stack.assert_logs_clean(&f.logs(), &[&code]).await;
     assert!(!a.body.contains(&code));
 }
