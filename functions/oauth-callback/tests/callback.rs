@@ -126,7 +126,11 @@ async fn company_install_lands_encrypted_with_metadata() {
             )
         })
         .collect();
-    assert_eq!(keys.len(), 6, "install + code claim + 2 x 2 links: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        6,
+        "install + code claim + 2 x 2 links: {keys:?}"
+    );
     for (pk, sk) in [
         ("company#co-1", "location#loc-a"),
         ("company#co-1", "location#loc-b"),
