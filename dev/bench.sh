@@ -25,21 +25,22 @@ what=${1:-all}
 start_moto
 log "building release binaries (the deploy profile)"
 cargo build --release --locked -p refresh-sweep -p token-mint -p testkit --bins
+RELEASE="$(target_dir)/release"
 
 if [[ $what == all || $what == sweep ]]; then
   for n in ${BENCH_INSTALLS:-10000 100000}; do
     log "sweep benchmark: $n installs"
-    target/release/sweep-bench "$n" "${BENCH_CONCURRENCY:-4}" "${BENCH_LATENCY_MS:-200}"
+    "$RELEASE"/sweep-bench "$n" "${BENCH_CONCURRENCY:-4}" "${BENCH_LATENCY_MS:-200}"
   done
 fi
 if [[ $what == all || $what == mint ]]; then
   log "token-mint benchmark"
-  target/release/mint-bench "${BENCH_MINTS:-1000}" "${BENCH_COLD_STARTS:-10}"
+  "$RELEASE"/mint-bench "${BENCH_MINTS:-1000}" "${BENCH_COLD_STARTS:-10}"
 fi
 if [[ $what == all || $what == slow ]]; then
   for grace in 30 0; do
     log "slow HighLevel benchmark: same-token window ${grace} s"
-    target/release/slow-bench "${BENCH_SLOW_INSTALLS:-1000}" "$grace" "${BENCH_SLOW_SECS:-180}" \
+    "$RELEASE"/slow-bench "${BENCH_SLOW_INSTALLS:-1000}" "$grace" "${BENCH_SLOW_SECS:-180}" \
       "${BENCH_SLOW_MS:-2500}" "${BENCH_PERIOD_SECS:-30}"
   done
 fi

@@ -17,8 +17,11 @@ args=()
 for f in "${FUNCTIONS[@]}"; do args+=(--bin "$f"); done
 cargo lambda build --release --arm64 --locked "${args[@]}"
 
+# cargo-lambda writes under cargo's target directory, which CARGO_TARGET_DIR
+# (or .cargo/config.toml) may move out of ./target.
+LAMBDA_DIR="$(target_dir)/lambda"
 for f in "${FUNCTIONS[@]}"; do
-  bin="target/lambda/$f/bootstrap"
+  bin="$LAMBDA_DIR/$f/bootstrap"
   [ -f "$bin" ] || { echo "error: $bin was not built" >&2; exit 1; }
   # ELF magic, 64-bit, and e_machine 183 (EM_AARCH64).
   python3 - "$bin" <<'PY'

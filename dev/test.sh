@@ -2,7 +2,9 @@
 # Every check CI runs: formatting, lints, the infrastructure template, the
 # arm64 release build of the functions (dev/package.sh), and
 # the whole test suite (unit, integration against moto and the HighLevel
-# simulator, and a small chaos run). Installs what it needs.
+# simulator, and a small chaos run), then a headless Chromium walking the
+# install flow (dev/browser-test.sh, which needs 127.0.0.1:5055, 8700 and
+# 9000 free). Installs what it needs.
 #
 #   dev/test.sh                 everything
 #   CHAOS_INSTALLS=5000 dev/test.sh   the same with a bigger chaos run
@@ -25,3 +27,5 @@ log "cargo test"
 cargo test --workspace --locked -- --skip chaos_
 log "chaos test (its counts printed)"
 cargo test --locked -p refresh-sweep --test chaos -- --nocapture
+log "browser test: headless Chromium walks the install flow (dev/browser-test.sh)"
+dev/browser-test.sh

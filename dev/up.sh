@@ -2,53 +2,46 @@
 # Brings the local stack up and runs one install end to end:
 #   moto (DynamoDB + Secrets Manager) -> bootstrap table and secret ->
 #   HighLevel simulator -> functions under `cargo lambda watch` ->
-#   consent page -> oauth-callback -> the install as stored in DynamoDB ->
+#   consent page (agency demo-company with its sub-account demo-location-1)
+#   -> oauth-callback -> the install as stored in DynamoDB ->
 #   the simulator's signed INSTALL webhook -> marketplace-webhook.
-# Then keeps the stack running until Ctrl-C (pass --once to stop after the demo).
+# Then keeps the stack running until Ctrl-C (pass --once to stop after the
+# demo), so the sample events in events/ can be sent to it (README, "Try it").
+#
+# The ports are fixed: moto 127.0.0.1:5055, simulator 127.0.0.1:8700,
+# functions 127.0.0.1:9000. The functions' local environment in
+# functions/*/Cargo.toml names them, and cargo lambda watch gives that
+# environment precedence over the shell's. They are checked free first.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 ONCE=false
 [ "${1:-}" = "--once" ] && ONCE=true
-MOTO_PORT=${MOTO_PORT:-5055}
-SIM_PORT=${SIM_PORT:-8700}
-LAMBDA_PORT=${LAMBDA_PORT:-9000}
+for var in MOTO_PORT SIM_PORT LAMBDA_PORT; do
+  if [ -n "${!var:-}" ]; then
+    echo "error: $var is no longer read: the local stack's ports are fixed (5055, 8700, 9000) because functions/*/Cargo.toml pins them for cargo lambda watch" >&2
+    exit 1
+  fi
+done
 
+require_free_ports "$LOCAL_MOTO_PORT" "$LOCAL_SIM_PORT" "$LOCAL_LAMBDA_PORT"
 ensure_pip cargo-lambda cargo-lambda
 log "building the workspace (debug)"
 cargo build --workspace --bins --locked
-
-start_moto "$MOTO_PORT"
-
-export INSTALLS_TABLE=ghl-installs-local
-export GHL_APP_SECRET_ID=ghl-app-local
-export GHL_CLIENT_ID=sim-client-id GHL_CLIENT_SECRET=sim-client-secret GHL_APP_ID=sim-app-id
-log "bootstrap: table and app secret in moto"
-target/debug/installs-admin bootstrap
-
-log "HighLevel simulator on 127.0.0.1:$SIM_PORT"
-target/debug/ghl-sim --listen "127.0.0.1:$SIM_PORT" --client-id "$GHL_CLIENT_ID" --client-secret "$GHL_CLIENT_SECRET" --app-id "$GHL_APP_ID" \
-  >"$STATE_DIR/ghl-sim.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$SIM_PORT/_sim/health" 30
-
-CALLBACK="http://127.0.0.1:$LAMBDA_PORT/lambda-url/oauth-callback"
-WEBHOOK="http://127.0.0.1:$LAMBDA_PORT/lambda-url/marketplace-webhook"
-# The simulator signs its webhooks with its own key pair: the webhook function checks against it.
-GHL_WEBHOOK_PUBLIC_KEY=$(curl -s "http://127.0.0.1:$SIM_PORT/_sim/webhook-key" | python3 -c 'import json,sys;print(json.load(sys.stdin)["publicKey"])')
-export GHL_WEBHOOK_PUBLIC_KEY
-export GHL_API_BASE_URL="http://127.0.0.1:$SIM_PORT"
-export GHL_REDIRECT_URI="$CALLBACK"
-export RUST_LOG=info
-log "functions under cargo lambda watch on 127.0.0.1:$LAMBDA_PORT"
-cargo lambda watch -A 127.0.0.1 -P "$LAMBDA_PORT" --timeout 900 >"$STATE_DIR/lambda.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$LAMBDA_PORT/" 300
+BIN="$(target_dir)/debug"
+# The demo's install pages name the app; a name of your own in the shell wins.
+export APP_NAME="${APP_NAME:-HighLevel OAuth demo}"
+start_local_stack
 
 COMPANY=demo-company
+LOCATION=demo-location-1
+log "0. the agency $COMPANY has one sub-account, $LOCATION, in the simulator"
+curl -sf -X POST "$SIM_URL/_sim/locations" -H 'content-type: application/json' \
+  -d "{\"companyId\":\"$COMPANY\",\"locations\":[{\"id\":\"$LOCATION\",\"name\":\"Demo Location\"}]}"
+
 log "1. consent page: the simulator approves and redirects with a fresh code"
-CONSENT="http://127.0.0.1:$SIM_PORT/v2/oauth/chooselocation?response_type=code&client_id=$GHL_CLIENT_ID&redirect_uri=$(python3 -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.argv[1],safe=""))' "$CALLBACK")&scope=oauth.readonly%20oauth.write%20contacts.readonly&sim_user_type=Company&sim_company_id=$COMPANY"
+CONSENT=$(consent_url "$COMPANY")
 REDIRECT=$(curl -s -o /dev/null -w '%{redirect_url}' "$CONSENT")
 echo "   redirected to: ${REDIRECT%%\?*}?code=<redacted>"
 
@@ -59,7 +52,7 @@ echo "   HTTP $STATUS: $(sed '$d' <<<"$PAGE" | python3 -c 'import re,sys,html; b
 [ "$STATUS" = 200 ] || { echo "error: the callback answered $STATUS; see $STATE_DIR/lambda.log" >&2; exit 1; }
 
 log "3. the simulator's signed INSTALL webhook, delivered to marketplace-webhook"
-curl -s "http://127.0.0.1:$SIM_PORT/_sim/webhooks" | python3 -c '
+curl -s "$SIM_URL/_sim/webhooks" | python3 -c '
 import json, sys, urllib.error, urllib.request
 for d in json.load(sys.stdin):
     req = urllib.request.Request(sys.argv[1], data=d["body"].encode(), method="POST",
@@ -73,17 +66,20 @@ for d in json.load(sys.stdin):
 ' "$WEBHOOK"
 
 log "4. the install in DynamoDB (tokens encrypted, metadata readable)"
-target/debug/installs-admin list
+"$BIN/installs-admin" list
 
 log "5. refresh-sweep invoked once (nothing is due yet: a fresh token has ~24 h left)"
-cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" refresh-sweep --data-file events/refresh-sweep/scheduled.json
+cargo lambda invoke -A 127.0.0.1 -P "$LOCAL_LAMBDA_PORT" refresh-sweep --data-file events/refresh-sweep/scheduled.json
 echo
 
 if $ONCE; then
   log "done (--once): stopping the stack"
   exit 0
 fi
-log "stack is up: moto $AWS_ENDPOINT_URL, simulator http://127.0.0.1:$SIM_PORT, functions http://127.0.0.1:$LAMBDA_PORT (Ctrl-C stops)"
-echo "   install again: open $CONSENT"
+log "stack is up: moto $AWS_ENDPOINT_URL, simulator $SIM_URL, functions $LAMBDA_URL (Ctrl-C stops)"
+echo "   sample events: cargo lambda invoke -A 127.0.0.1 -P $LOCAL_LAMBDA_PORT <function> --data-file events/<function>/<file>.json (README, \"Try it\")"
+echo "   a fresh authorization code for events/oauth-callback/install-code.json (single use, 10 minutes):"
+echo "     curl -s -o /dev/null -w '%{redirect_url}\\n' '$CONSENT'"
+echo "   install again in a browser: open $CONSENT"
 echo "   logs: $STATE_DIR/{moto,ghl-sim,lambda}.log"
 wait

@@ -185,6 +185,8 @@ pub struct CommonConfig {
     /// same refresh token within 30 s). Zero: never re-presented at once.
     pub represent_window: Duration,
     pub aws: AwsTimeouts,
+    /// The EventBridge bus state-change events go to.
+    pub event_bus: String,
 }
 
 impl CommonConfig {
@@ -321,8 +323,30 @@ impl CommonConfig {
                 attempt: Duration::from_millis(attempt_ms),
                 operation: Duration::from_millis(operation_ms),
             },
+            event_bus: event_bus(env)?,
         })
     }
+}
+
+/// `EVENT_BUS_NAME`: an EventBridge bus name (or ARN), default `default`.
+fn event_bus(env: &Env) -> Result<String, ConfigError> {
+    let bus = env
+        .optional("EVENT_BUS_NAME")
+        .unwrap_or_else(|| "default".to_owned());
+    let name = bus.rsplit('/').next().unwrap_or_default();
+    let ok = !name.is_empty()
+        && bus.len() <= 1600
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        return Err(ConfigError::Invalid {
+            var: "EVENT_BUS_NAME",
+            expected: "an EventBridge bus name (letters, digits, . _ -) or its ARN",
+            reason: format!("{:?} is not one", clip(&bus)),
+        });
+    }
+    Ok(bus)
 }
 
 /// `oauth-callback`.
@@ -332,8 +356,21 @@ pub struct CallbackConfig {
     /// The token type requested in the code exchange.
     pub user_type: UserType,
     pub redirect_uri: String,
-    pub success_redirect_url: Option<String>,
+    /// Parsed at cold start, so building the redirect never fails later.
+    pub success_redirect_url: Option<url::Url>,
+    /// The app's name as the installing customer knows it (`APP_NAME`).
+    pub app_name: String,
+    /// Where the pages' "Back to HighLevel" link goes (`GHL_APP_URL`).
+    pub ghl_app_url: url::Url,
 }
+
+/// `APP_NAME` when unset: reads naturally inside a sentence.
+pub const DEFAULT_APP_NAME: &str = "this app";
+pub const DEFAULT_GHL_APP_URL: &str = "https://app.gohighlevel.com/";
+const APP_NAME_MAX_CHARS: usize = 80;
+const APP_NAME_EXPECTED: &str = "the app's name as customers know it: 1 to 80 printable characters";
+const GHL_APP_URL_EXPECTED: &str =
+    "an absolute https:// URL (HighLevel's app, or your white-label domain)";
 
 impl CallbackConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -348,15 +385,82 @@ impl CallbackConfig {
         )?;
         let success_redirect_url = env
             .optional("SUCCESS_REDIRECT_URL")
-            .map(|u| env.url("SUCCESS_REDIRECT_URL", u))
+            .map(|u| {
+                let u = env.url("SUCCESS_REDIRECT_URL", u)?;
+                parse_url(&u).map_err(|reason| ConfigError::Invalid {
+                    var: "SUCCESS_REDIRECT_URL",
+                    expected: "an absolute https:// URL (http:// only for localhost or 127.0.0.1)",
+                    reason,
+                })
+            })
             .transpose()?;
+        let app_name = app_name(env)?;
+        let ghl_app_url = ghl_app_url(env)?;
         Ok(Self {
             common,
             user_type,
             redirect_uri,
             success_redirect_url,
+            app_name,
+            ghl_app_url,
         })
     }
+}
+
+fn parse_url(value: &str) -> Result<url::Url, String> {
+    url::Url::parse(value).map_err(|e| format!("{:?} is not a URL ({e})", clip(value)))
+}
+
+/// `APP_NAME`: shown on the install pages, so nothing that could hide or
+/// reorder text (control, line-separator or bidirectional-override characters).
+fn app_name(env: &Env) -> Result<String, ConfigError> {
+    let Some(name) = env.optional("APP_NAME") else {
+        return Ok(DEFAULT_APP_NAME.to_owned());
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "APP_NAME",
+        expected: APP_NAME_EXPECTED,
+        reason,
+    };
+    let chars = name.chars().count();
+    if chars > APP_NAME_MAX_CHARS {
+        return Err(invalid(format!("it is {chars} characters long")));
+    }
+    if let Some(c) = name.chars().find(|c| !printable(*c)) {
+        return Err(invalid(format!(
+            "it contains the non-printable character U+{:04X}",
+            u32::from(c)
+        )));
+    }
+    Ok(name)
+}
+
+fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `GHL_APP_URL`: https only, it is a link on a customer's page.
+fn ghl_app_url(env: &Env) -> Result<url::Url, ConfigError> {
+    let raw = env
+        .optional("GHL_APP_URL")
+        .unwrap_or_else(|| DEFAULT_GHL_APP_URL.to_owned());
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "GHL_APP_URL",
+        expected: GHL_APP_URL_EXPECTED,
+        reason,
+    };
+    let url = parse_url(&raw).map_err(invalid)?;
+    if url.scheme() != "https" {
+        return Err(invalid(format!("{:?} is not an https:// URL", clip(&raw))));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!("{:?} has no host", clip(&raw))));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(format!("{:?} carries credentials", clip(&raw))));
+    }
+    Ok(url)
 }
 
 pub fn user_type(env: &Env) -> Result<UserType, ConfigError> {
@@ -665,6 +769,62 @@ mod tests {
         vars.insert("AWS_OPERATION_TIMEOUT_MS".into(), "1000".into());
         let err = callback(&vars).unwrap_err().to_string();
         assert!(err.contains("AWS_OPERATION_TIMEOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn app_name_and_highlevel_link() {
+        let c = callback(&base()).unwrap();
+        assert_eq!(c.app_name, DEFAULT_APP_NAME);
+        assert_eq!(c.ghl_app_url.as_str(), DEFAULT_GHL_APP_URL);
+        let mut vars = base();
+        vars.insert("APP_NAME".into(), "  Acme Sync & Co. (EU)  ".into());
+        vars.insert("GHL_APP_URL".into(), "https://crm.example.com/v2/".into());
+        let c = callback(&vars).unwrap();
+        assert_eq!(c.app_name, "Acme Sync & Co. (EU)");
+        assert_eq!(c.ghl_app_url.as_str(), "https://crm.example.com/v2/");
+        vars.insert("APP_NAME".into(), "   ".into());
+        assert_eq!(callback(&vars).unwrap().app_name, DEFAULT_APP_NAME);
+        vars.insert("APP_NAME".into(), "é".repeat(80));
+        assert!(callback(&vars).is_ok(), "80 characters (not bytes) fit");
+        for (var, value) in [
+            ("APP_NAME", "x".repeat(81)),
+            ("APP_NAME", "Acme\nSync".into()),
+            ("APP_NAME", "Acme\u{202E}cnyS".into()),
+            ("APP_NAME", "Acme\u{7}".into()),
+            ("GHL_APP_URL", "http://app.gohighlevel.com/".into()),
+            ("GHL_APP_URL", "http://127.0.0.1:8700/".into()),
+            ("GHL_APP_URL", "javascript:alert(1)".into()),
+            ("GHL_APP_URL", "app.gohighlevel.com".into()),
+            ("GHL_APP_URL", "https://user:pw@app.gohighlevel.com/".into()),
+        ] {
+            let mut vars = base();
+            vars.insert(var.into(), value.clone());
+            let err = callback(&vars).unwrap_err().to_string();
+            assert!(
+                err.contains(var) && err.contains("expected"),
+                "{var}={value:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn success_redirect_url_is_parsed_at_cold_start() {
+        let mut vars = base();
+        vars.insert(
+            "SUCCESS_REDIRECT_URL".into(),
+            "https://x.example/done#/welcome".into(),
+        );
+        let c = callback(&vars).unwrap();
+        assert_eq!(
+            c.success_redirect_url.map(|u| u.to_string()).as_deref(),
+            Some("https://x.example/done#/welcome")
+        );
+        vars.insert(
+            "SUCCESS_REDIRECT_URL".into(),
+            "https://exa mple.com/".into(),
+        );
+        let err = callback(&vars).unwrap_err().to_string();
+        assert!(err.contains("SUCCESS_REDIRECT_URL"), "{err}");
     }
 
     #[test]

@@ -161,6 +161,15 @@ pub enum ReconnectTarget<'a> {
     Location(&'a str),
 }
 
+/// What `DELETE /marketplace/app/{appId}/installations` removes the app
+/// from: a company (and with it every sub-account; a Company token) or one
+/// location (a Location token).
+#[derive(Debug, Clone, Copy)]
+pub enum UninstallTarget<'a> {
+    Company(&'a str),
+    Location(&'a str),
+}
+
 #[derive(Clone)]
 pub struct GhlClient {
     http: reqwest::Client,
@@ -566,6 +575,48 @@ impl GhlClient {
             "installedLocations page cap reached; stopping"
         );
         Ok(out)
+    }
+
+    /// `DELETE /marketplace/app/{appId}/installations`: uninstalls the app
+    /// from the company or location the access token belongs to, with the
+    /// reason HighLevel requires when the developer uninstalls. HighLevel
+    /// then revokes the grants (and sends the UNINSTALL webhook).
+    pub async fn uninstall_app(
+        &self,
+        access_token: &SecretString,
+        app_id: &str,
+        target: UninstallTarget<'_>,
+        reason: &str,
+    ) -> Result<(), GhlError> {
+        let mut body = serde_json::json!({ "reason": reason });
+        match target {
+            UninstallTarget::Company(id) => body["companyId"] = id.into(),
+            UninstallTarget::Location(id) => body["locationId"] = id.into(),
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            success: Option<bool>,
+        }
+        let req = self
+            .http
+            .delete(format!(
+                "{}/marketplace/app/{}/installations",
+                self.base,
+                crate::html::percent_encode(app_id)
+            ))
+            .bearer_auth(access_token.expose())
+            .header("Version", API_VERSION)
+            .json(&body);
+        let answer: Answer = self.send(Endpoint::Bearer, "uninstall_app", req).await?;
+        match answer.success {
+            Some(false) => Err(GhlError::Rejected {
+                status: 200,
+                message: "HighLevel answered success: false".into(),
+                trace_id: None,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// `POST /oauth/reconnect` (seed 003): an authorization code for an

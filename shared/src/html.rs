@@ -29,9 +29,23 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// A link shown as a button under the page's text.
+pub struct Link<'a> {
+    pub label: &'a str,
+    pub href: &'a str,
+}
+
 /// An accessible page: a language, a title, a main landmark, and a status
-/// or alert region so screen readers announce the outcome.
-pub fn page(title: &str, heading: &str, paragraphs: &[String], success: bool) -> String {
+/// or alert region so screen readers announce the outcome; `link` (if any)
+/// as a button after the text. The link carries no referrer: the page's own
+/// URL may hold an authorization code.
+pub fn page(
+    title: &str,
+    heading: &str,
+    paragraphs: &[String],
+    success: bool,
+    link: Option<&Link>,
+) -> String {
     let role = if success { "status" } else { "alert" };
     let accent = if success { "#1a7f37" } else { "#b42318" };
     let body: String = paragraphs
@@ -39,13 +53,24 @@ pub fn page(title: &str, heading: &str, paragraphs: &[String], success: bool) ->
         .filter(|p| !p.is_empty())
         .map(|p| format!("<p>{}</p>", escape(p)))
         .collect();
+    let link = link
+        .map(|l| {
+            format!(
+                "<p><a class=\"button\" href=\"{}\" rel=\"noreferrer\">{}</a></p>",
+                escape(l.href),
+                escape(l.label)
+            )
+        })
+        .unwrap_or_default();
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title}</title>\
 <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;line-height:1.5;color:#1f2328}}\
-h1{{color:{accent};font-size:1.5rem}}</style></head>\
-<body><main><div role=\"{role}\"><h1>{heading}</h1>{body}</div></main></body></html>\n",
+h1{{color:{accent};font-size:1.5rem}}\
+a.button{{display:inline-block;margin-top:1rem;padding:.6rem 1.2rem;border-radius:6px;background:#155eef;color:#fff;text-decoration:none;font-weight:600}}\
+a.button:focus-visible{{outline:3px solid #1f2328;outline-offset:2px}}</style></head>\
+<body><main><div role=\"{role}\"><h1>{heading}</h1>{body}</div>{link}</main></body></html>\n",
         title = escape(title),
         heading = escape(heading),
     )
@@ -57,9 +82,30 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        let p = page("t", "<script>", &["a & \"b\"".into()], false);
+        let p = page("t", "<script>", &["a & \"b\"".into()], false, None);
         assert!(p.contains("&lt;script&gt;"));
         assert!(p.contains("a &amp; &quot;b&quot;"));
         assert!(p.contains("role=\"alert\"") && p.contains("lang=\"en\""));
+        assert!(!p.contains("<a "), "no link unless asked");
+    }
+
+    #[test]
+    fn link_is_escaped_and_sends_no_referrer() {
+        let p = page(
+            "t",
+            "h",
+            &[],
+            true,
+            Some(&Link {
+                label: "Back <home>",
+                href: "https://x.example/?a=1&b=\"2\"",
+            }),
+        );
+        assert!(
+            p.contains(
+                "<a class=\"button\" href=\"https://x.example/?a=1&amp;b=&quot;2&quot;\" rel=\"noreferrer\">Back &lt;home&gt;</a>"
+            ),
+            "{p}"
+        );
     }
 }

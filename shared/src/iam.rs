@@ -20,6 +20,8 @@ pub struct FunctionPolicy {
     pub dynamodb_index: &'static [&'static str],
     /// Secrets Manager actions on the app secret.
     pub secretsmanager: &'static [&'static str],
+    /// EventBridge actions on the state-change bus (`EVENT_BUS_NAME`).
+    pub events: &'static [&'static str],
 }
 
 pub const POLICIES: &[FunctionPolicy] = &[
@@ -35,6 +37,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
         ],
         dynamodb_index: &[],
         secretsmanager: &["secretsmanager:GetSecretValue"],
+        events: &["events:PutEvents"],
     },
     FunctionPolicy {
         function: "refresh-sweep",
@@ -48,6 +51,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
         ],
         dynamodb_index: &["dynamodb:Query"],
         secretsmanager: &["secretsmanager:GetSecretValue"],
+        events: &["events:PutEvents"],
     },
     FunctionPolicy {
         function: "token-mint",
@@ -61,6 +65,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
         ],
         dynamodb_index: &[],
         secretsmanager: &["secretsmanager:GetSecretValue"],
+        events: &["events:PutEvents"],
     },
     FunctionPolicy {
         function: "marketplace-webhook",
@@ -75,6 +80,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
         ],
         dynamodb_index: &[],
         secretsmanager: &["secretsmanager:GetSecretValue"],
+        events: &["events:PutEvents"],
     },
 ];
 

@@ -6,8 +6,9 @@
 //! for the first and shows the same outcome.
 
 use crate::config::CallbackConfig;
+use crate::events::StateChanged;
 use crate::ghl::GhlError;
-use crate::model::{InstallId, TokenPair, UserType, now_millis, now_secs};
+use crate::model::{InstallId, InstallState, TokenPair, UserType, now_millis, now_secs};
 use crate::redact::SecretString;
 use crate::services::Services;
 use crate::store::{CodeRecord, Install, StoreError, code_hash};
@@ -103,21 +104,26 @@ pub struct Installed {
 }
 
 impl Installed {
-    /// `url` with the install's ids appended (`userType`, `companyId`,
-    /// `locationId`): where `SUCCESS_REDIRECT_URL` sends the browser. Ids
-    /// only, never a token.
-    pub fn success_redirect(&self, url: &str) -> String {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let mut target = format!("{url}{sep}userType={}", self.user_type.as_str());
-        for (k, v) in [
-            ("companyId", &self.company_id),
-            ("locationId", &self.location_id),
-        ] {
-            if let Some(v) = v {
-                target.push_str(&format!("&{k}={}", crate::html::percent_encode(v)));
+    /// `url` with the install's ids added to its query (`userType`,
+    /// `companyId`, `locationId`), before any `#fragment`: where
+    /// `SUCCESS_REDIRECT_URL` sends the browser. Ids only, never a token.
+    /// The parameters are form-encoded (a space is `+`), as a browser
+    /// submitting a GET form would send them.
+    pub fn success_redirect(&self, url: &url::Url) -> String {
+        let mut target = url.clone();
+        {
+            let mut query = target.query_pairs_mut();
+            query.append_pair("userType", self.user_type.as_str());
+            for (k, v) in [
+                ("companyId", &self.company_id),
+                ("locationId", &self.location_id),
+            ] {
+                if let Some(v) = v {
+                    query.append_pair(k, v);
+                }
             }
         }
-        target
+        target.into()
     }
 
     fn from_install(install: &Install, fresh: bool) -> Self {
@@ -285,7 +291,22 @@ async fn exchange_and_save(
     };
     let mut info = grant.info();
     info.user_type = Some(user_type);
+    let before = svc.store.get(&id).await.ok().flatten().map(|i| i.state);
     let install = svc.store.save_grant(&id, &pair, &info, "installed").await?;
+    let reason = if before.is_some() {
+        "reinstalled"
+    } else {
+        "installed"
+    };
+    svc.events
+        .changed(StateChanged::new(
+            &id,
+            info.company_id.as_deref(),
+            before,
+            InstallState::Active,
+            reason,
+        ))
+        .await;
     link_installed_locations(svc, &id, &info).await;
     Ok((id, install))
 }
@@ -358,9 +379,8 @@ async fn replay(
 mod tests {
     use super::*;
 
-    #[test]
-    fn success_redirect_appends_encoded_ids() {
-        let i = Installed {
+    fn installed() -> Installed {
+        Installed {
             id: InstallId::Location("l 1".into()),
             user_type: UserType::Location,
             company_id: Some("c&1".into()),
@@ -369,14 +389,56 @@ mod tests {
             fresh: true,
             approved_locations: 0,
             install_to_future_locations: None,
+        }
+    }
+
+    fn redirect(i: &Installed, url: &str) -> String {
+        i.success_redirect(&url::Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn success_redirect_appends_encoded_ids() {
+        let i = installed();
+        assert_eq!(
+            redirect(&i, "https://x.example/done"),
+            "https://x.example/done?userType=Location&companyId=c%261&locationId=l+1"
+        );
+        assert_eq!(
+            redirect(&i, "https://x.example/done?a=b"),
+            "https://x.example/done?a=b&userType=Location&companyId=c%261&locationId=l+1"
+        );
+        let company = Installed {
+            user_type: UserType::Company,
+            location_id: None,
+            ..installed()
         };
         assert_eq!(
-            i.success_redirect("https://x.example/done"),
-            "https://x.example/done?userType=Location&companyId=c%261&locationId=l%201"
+            redirect(&company, "https://x.example/"),
+            "https://x.example/?userType=Company&companyId=c%261"
         );
-        assert!(
-            i.success_redirect("https://x.example/done?a=b")
-                .starts_with("https://x.example/done?a=b&userType=")
+    }
+
+    #[test]
+    fn success_redirect_puts_the_ids_before_the_fragment() {
+        let i = installed();
+        assert_eq!(
+            redirect(&i, "https://x.example/app#/welcome"),
+            "https://x.example/app?userType=Location&companyId=c%261&locationId=l+1#/welcome"
+        );
+        assert_eq!(
+            redirect(&i, "https://x.example/app?tab=1#/welcome?x=y"),
+            "https://x.example/app?tab=1&userType=Location&companyId=c%261&locationId=l+1#/welcome?x=y"
+        );
+        let parsed = url::Url::parse(&redirect(&i, "https://x.example/app?#top")).unwrap();
+        assert_eq!(parsed.fragment(), Some("top"));
+        let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("userType".to_owned(), "Location".to_owned()),
+                ("companyId".to_owned(), "c&1".to_owned()),
+                ("locationId".to_owned(), "l 1".to_owned()),
+            ]
         );
     }
 

@@ -3,10 +3,12 @@
 //! from them (install, refresh, sweep, mint). Handlers stay thin; everything
 //! here is testable without Lambda.
 
+pub mod admin;
 pub mod app_secret;
 pub mod aws;
 pub mod config;
 pub mod crypto;
+pub mod events;
 pub mod ghl;
 pub mod html;
 pub mod iam;

@@ -9,6 +9,7 @@
 //! make one HighLevel call: a short lock item elects the minter, the others
 //! wait for its stored result.
 
+use crate::events::StateChanged;
 use crate::ghl::{GhlError, InstalledLocation};
 use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_millis, now_secs};
 use crate::redact::SecretString;
@@ -235,7 +236,7 @@ fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Er
     ser.serialize_str(s.expose())
 }
 
-fn rfc3339(epoch: i64) -> String {
+pub(crate) fn rfc3339(epoch: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(epoch)
         .ok()
         .and_then(|t| {
@@ -300,6 +301,7 @@ impl Minter<'_> {
             reconnect: switch,
             deadline: self.deadline,
             first_answers: None,
+            events: &self.svc.events,
         }
     }
 
@@ -648,16 +650,23 @@ impl Minter<'_> {
             location_id: Some(loc.to_owned()),
             ..grant.info()
         };
+        let minted_id = InstallId::Minted(loc.to_owned());
+        let before = self.svc.store.get(&minted_id).await?.map(|i| i.state);
         let stored = self
             .svc
             .store
-            .save_grant(
-                &InstallId::Minted(loc.to_owned()),
-                &pair,
-                &info,
-                "minted from the company grant",
-            )
+            .save_grant(&minted_id, &pair, &info, "minted from the company grant")
             .await?;
+        self.svc
+            .events
+            .changed(StateChanged::new(
+                &minted_id,
+                Some(company_id),
+                before,
+                InstallState::Active,
+                "minted from the company grant",
+            ))
+            .await;
         // HighLevel just proved the app is on this location: link it, so a
         // company uninstall reaches this grant and a caller may leave out
         // companyId. The token is served either way.

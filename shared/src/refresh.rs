@@ -27,6 +27,7 @@
 
 use crate::app_secret::AppSecret;
 use crate::config::CommonConfig;
+use crate::events::{Events, StateChanged};
 use crate::ghl::{GhlClient, GhlError, ReconnectTarget};
 use crate::model::{InstallId, InstallState, TokenGrant, TokenPair, now_millis, now_secs};
 use crate::store::{Install, LeaseOutcome, LeaseWhen, StateChange, Store, StoreError, lease_token};
@@ -208,6 +209,8 @@ pub struct Refresher<'a> {
     /// (the invocation's deadline less its reserve). None: the lease alone bounds it.
     pub deadline: Option<Instant>,
     pub first_answers: Option<&'a FirstAnswers>,
+    /// Where state changes are announced.
+    pub events: &'a Events,
 }
 
 /// Exponential backoff with full jitter on the upper half, so a fleet
@@ -559,6 +562,8 @@ impl Refresher<'_> {
             adopted.state = InstallState::Active;
             adopted.doubt_since_ms = None;
             tracing::info!(install_id = %install.id, version = to, "adopted a journaled token pair");
+            self.announce(install, InstallState::Active, "recovered from journal")
+                .await;
             return Ok(Outcome::Recovered(Box::new(adopted)));
         }
         self.store.release(install).await?;
@@ -606,6 +611,7 @@ impl Refresher<'_> {
         .await;
         match committed {
             Ok(true) => {
+                self.announce(install, InstallState::Active, reason).await;
                 let mut updated = install.clone();
                 updated.access_token = pair.access_token;
                 updated.refresh_token = pair.refresh_token;
@@ -831,10 +837,25 @@ impl Refresher<'_> {
                 .record_state(&install.id, install.lease_token(), install.version, change)
         })
         .await?;
-        if !ok {
+        if ok {
+            self.announce(install, change.state, change.reason).await;
+        } else {
             tracing::warn!(install_id = %install.id, state = change.state.as_str(), "state not recorded: the lease or version moved on");
         }
         Ok(())
+    }
+
+    /// A state change, to EventBridge (nothing when the state is unchanged).
+    async fn announce(&self, install: &Install, to: InstallState, reason: &str) {
+        self.events
+            .changed(StateChanged::new(
+                &install.id,
+                install.info.company_id.as_deref(),
+                Some(install.state),
+                to,
+                reason,
+            ))
+            .await;
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Services {
     pub store: Store,
     pub ghl: GhlClient,
     pub app: AppSecret,
+    /// State-change events to EventBridge.
+    pub events: crate::events::Events,
 }
 
 impl Services {
@@ -50,6 +52,15 @@ impl Services {
             common.due.clone(),
         );
         let ghl = GhlClient::new(&common.ghl)?;
-        Ok(Self { store, ghl, app })
+        let events = crate::events::Events::new(
+            aws_sdk_eventbridge::Client::new(&sdk),
+            common.event_bus.clone(),
+        );
+        Ok(Self {
+            store,
+            ghl,
+            app,
+            events,
+        })
     }
 }

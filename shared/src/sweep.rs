@@ -221,6 +221,7 @@ pub async fn run(
                 reconnect: &reconnect,
                 deadline: work_deadline,
                 first_answers: Some(&first),
+                events: &svc.events,
             };
             let result = r.refresh(&id, LeaseWhen::DueBy(now), Some(slot)).await;
             let reminted = match (&id, &result) {

@@ -11,7 +11,8 @@
 //! stored, so a failure answers 5xx and HighLevel's retry applies it again.
 
 use crate::config::WebhookConfig;
-use crate::model::{InstallId, now_millis};
+use crate::events::StateChanged;
+use crate::model::{InstallId, InstallState, now_millis};
 use crate::services::Services;
 use crate::store::{LinkState, LocationLink, StoreError};
 use base64::Engine;
@@ -364,15 +365,13 @@ pub async fn uninstall(
                 InstallId::Location(loc.to_owned()),
                 InstallId::Minted(loc.to_owned()),
             ] {
-                grants += usize::from(store.uninstall(&id, reason, at_ms).await?);
+                grants += usize::from(erase(svc, &id, reason, at_ms).await?);
             }
         }
         (None, Some(company)) => {
             target = InstallId::Company(company.to_owned()).to_string();
             grants += usize::from(
-                store
-                    .uninstall(&InstallId::Company(company.to_owned()), reason, at_ms)
-                    .await?,
+                erase(svc, &InstallId::Company(company.to_owned()), reason, at_ms).await?,
             );
             // An agency uninstall removes the app from every sub-account.
             for link in store.links_of(company).await? {
@@ -386,7 +385,7 @@ pub async fn uninstall(
                     InstallId::Location(link.location_id.clone()),
                     InstallId::Minted(link.location_id.clone()),
                 ] {
-                    grants += usize::from(store.uninstall(&id, reason, at_ms).await?);
+                    grants += usize::from(erase(svc, &id, reason, at_ms).await?);
                 }
             }
         }
@@ -401,6 +400,32 @@ pub async fn uninstall(
         grants,
         locations,
     })
+}
+
+/// Uninstalls one grant and announces the change. False when none was
+/// stored (or it is newer than the event).
+async fn erase(
+    svc: &Services,
+    id: &InstallId,
+    reason: &str,
+    at_ms: i64,
+) -> Result<bool, WebhookError> {
+    let Some(before) = svc.store.get(id).await? else {
+        return Ok(false);
+    };
+    if !svc.store.uninstall(id, reason, at_ms).await? {
+        return Ok(false);
+    }
+    svc.events
+        .changed(StateChanged::new(
+            id,
+            before.info.company_id.as_deref(),
+            Some(before.state),
+            InstallState::Uninstalled,
+            reason,
+        ))
+        .await;
+    Ok(true)
 }
 
 /// Reads a public key given as SPKI DER in base64, or as a PEM block.

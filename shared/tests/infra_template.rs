@@ -4,8 +4,8 @@
 //!   `shared::iam::POLICIES` lists, on exactly the table, the due index and
 //!   the app secret, and nothing else (no wildcards, no SAM policy
 //!   templates, no managed policies);
-//! - the installs table is the one `shared::schema` describes (keys, due
-//!   index, TTL attribute), so the deployed table and the local one that
+//! - the installs table is the one `shared::schema` describes (keys, its
+//!   indexes and their projections, TTL attribute), so the deployed table and the local one that
 //!   `schema::create_table` makes are the same;
 //! - every environment variable a function gets is one the README's
 //!   configuration table documents for that function, and the required ones
@@ -103,8 +103,13 @@ enum Target {
     Table,
     DueIndex,
     Secret,
+    EventBus,
     Other(String),
 }
+
+/// The state-change bus, as every function's statement names it.
+const EVENT_BUS_ARN: &str =
+    "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}";
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,6 +117,7 @@ impl fmt::Display for Target {
             Target::Table => write!(f, "the installs table"),
             Target::DueIndex => write!(f, "the {} index", schema::DUE_INDEX),
             Target::Secret => write!(f, "the app secret"),
+            Target::EventBus => write!(f, "the state-change event bus"),
             Target::Other(s) => write!(f, "resource {s}"),
         }
     }
@@ -202,6 +208,9 @@ impl<'a> Template<'a> {
             };
             if text == Some(format!("${{{table}.Arn}}/index/{}", schema::DUE_INDEX).as_str()) {
                 return Target::DueIndex;
+            }
+            if text == Some(EVENT_BUS_ARN) {
+                return Target::EventBus;
             }
         }
         if let Some(Value::String(id)) = object.get("Ref")
@@ -374,6 +383,7 @@ fn function_differences(
         (Target::Table, policy.dynamodb),
         (Target::DueIndex, policy.dynamodb_index),
         (Target::Secret, policy.secretsmanager),
+        (Target::EventBus, policy.events),
     ]
     .into_iter()
     .flat_map(|(target, actions)| {
@@ -463,49 +473,65 @@ fn table_differences(root: &Value) -> Vec<String> {
             .to_owned()
     };
     for index in &indexes {
-        if name_of(index) != schema::DUE_INDEX {
+        if !schema::INDEXES.iter().any(|s| s.name == name_of(index)) {
             diffs.push(format!(
                 "{id}: index {} is not in shared::schema (create_table does not make it)",
                 name_of(index)
             ));
         }
     }
-    match indexes.iter().find(|i| name_of(i) == schema::DUE_INDEX) {
-        None => diffs.push(format!(
-            "{id}: no global secondary index {}",
-            schema::DUE_INDEX
-        )),
-        Some(index) => {
-            let keys = pairs(&index["KeySchema"], "AttributeName", "KeyType");
-            let expected = set(&[(schema::DUE_SHARD, hash), (schema::DUE_AT, range)]);
-            for (name, kind) in expected.difference(&keys) {
-                diffs.push(format!(
-                    "{id} index {}: missing key {name} ({kind}), which shared::schema has",
-                    schema::DUE_INDEX
-                ));
-            }
-            for (name, kind) in keys.difference(&expected) {
-                diffs.push(format!(
-                    "{id} index {}: key {name} ({kind}) is not in shared::schema",
-                    schema::DUE_INDEX
-                ));
-            }
-            let projection = index
-                .pointer("/Projection/ProjectionType")
-                .and_then(Value::as_str);
-            if projection != Some(ProjectionType::KeysOnly.as_str()) {
-                diffs.push(format!(
-                    "{id} index {}: projection {projection:?}, but schema::create_table makes it {}",
-                    schema::DUE_INDEX,
-                    ProjectionType::KeysOnly.as_str()
-                ));
-            }
-            if index.pointer("/Projection/NonKeyAttributes").is_some() {
-                diffs.push(format!(
-                    "{id} index {}: NonKeyAttributes set, but the index is keys only",
-                    schema::DUE_INDEX
-                ));
-            }
+    for spec in &schema::INDEXES {
+        let Some(index) = indexes.iter().find(|i| name_of(i) == spec.name) else {
+            diffs.push(format!("{id}: no global secondary index {}", spec.name));
+            continue;
+        };
+        let keys = pairs(&index["KeySchema"], "AttributeName", "KeyType");
+        let expected = set(&[(spec.hash, hash), (spec.range, range)]);
+        for (name, kind) in expected.difference(&keys) {
+            diffs.push(format!(
+                "{id} index {}: missing key {name} ({kind}), which shared::schema has",
+                spec.name
+            ));
+        }
+        for (name, kind) in keys.difference(&expected) {
+            diffs.push(format!(
+                "{id} index {}: key {name} ({kind}) is not in shared::schema",
+                spec.name
+            ));
+        }
+        let projection = index
+            .pointer("/Projection/ProjectionType")
+            .and_then(Value::as_str);
+        let (expected_type, expected_attrs): (ProjectionType, &[&str]) = match spec.projection {
+            schema::IndexProjection::KeysOnly => (ProjectionType::KeysOnly, &[]),
+            schema::IndexProjection::Include(attrs) => (ProjectionType::Include, attrs),
+        };
+        if projection != Some(expected_type.as_str()) {
+            diffs.push(format!(
+                "{id} index {}: projection {projection:?}, but schema::create_table makes it {}",
+                spec.name,
+                expected_type.as_str()
+            ));
+        }
+        let attrs: BTreeSet<&str> = index
+            .pointer("/Projection/NonKeyAttributes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let expected_attrs: BTreeSet<&str> = expected_attrs.iter().copied().collect();
+        for a in expected_attrs.difference(&attrs) {
+            diffs.push(format!(
+                "{id} index {}: NonKeyAttributes lacks {a}, which shared::schema projects",
+                spec.name
+            ));
+        }
+        for a in attrs.difference(&expected_attrs) {
+            diffs.push(format!(
+                "{id} index {}: NonKeyAttributes has {a}, which shared::schema does not project",
+                spec.name
+            ));
         }
     }
     if p.get("LocalSecondaryIndexes").is_some() {
@@ -841,6 +867,29 @@ fn checks_report_mismatches() {
             json!({"ProjectionType": "ALL"});
     });
     assert_reports("projection", &table_differences(&projection), "KEYS_ONLY");
+    let projected = changed(&root, |t| {
+        t["Resources"][&table]["Properties"]["GlobalSecondaryIndexes"][1]["Projection"]
+            ["NonKeyAttributes"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|a| a != "state_reason");
+    });
+    assert_reports(
+        "projected attributes",
+        &table_differences(&projected),
+        "broken-index: NonKeyAttributes lacks state_reason",
+    );
+    let no_broken_index = changed(&root, |t| {
+        t["Resources"][&table]["Properties"]["GlobalSecondaryIndexes"]
+            .as_array_mut()
+            .unwrap()
+            .truncate(1);
+    });
+    assert_reports(
+        "missing index",
+        &table_differences(&no_broken_index),
+        "no global secondary index broken-index",
+    );
     let ttl = changed(&root, |t| {
         t["Resources"][&table]["Properties"]["TimeToLiveSpecification"]["AttributeName"] =
             json!("expires");

@@ -399,6 +399,9 @@ pub struct Counters {
     /// itself: the client used the newer token and still sent an older one.
     #[serde(default)]
     pub stale_presentations: u64,
+    /// Successful `DELETE /marketplace/app/{appId}/installations` calls.
+    #[serde(default)]
+    pub app_uninstalls: u64,
 }
 
 struct Code {
@@ -452,6 +455,8 @@ struct Inner {
     grants: HashMap<String, Grant>,
     tokens: HashMap<String, TokenRec>,
     issue_order: Vec<String>,
+    /// Every access token issued, in order (revoked ones included).
+    access_issued: Vec<String>,
     access: HashMap<String, Access>,
     locations: BTreeMap<String, BTreeMap<String, LocationInfo>>,
     inactive: HashSet<String>,
@@ -643,6 +648,12 @@ impl Sim {
 
     pub fn counters(&self) -> Counters {
         lock(&self.shared.inner).counters.clone()
+    }
+
+    /// Every access token the simulator issued (revoked and expired ones
+    /// included), for tests asserting none is ever printed or logged.
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        lock(&self.shared.inner).access_issued.clone()
     }
 
     /// The Marketplace app id (`SimConfig::app_id`).
@@ -1004,6 +1015,7 @@ impl Inner {
             },
         );
         self.issue_order.push(refresh.clone());
+        self.access_issued.push(access.clone());
         (access, refresh)
     }
 
@@ -1054,6 +1066,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/oauth/locationToken", post(location_token))
         .route("/oauth/installedLocations", get(installed_locations))
         .route("/oauth/reconnect", post(reconnect))
+        .route(
+            "/marketplace/app/{app_id}/installations",
+            axum::routing::delete(uninstall_app),
+        )
         .route("/_sim/health", get(|| async { Json(json!({"ok": true})) }))
         .route("/_sim/ledger", get(ctl_ledger))
         .route("/_sim/counters", get(ctl_counters))
@@ -1675,6 +1691,97 @@ async fn installed_locations(
         inner.counters.installed_locations_calls += 1;
         let page: Vec<&Value> = all.iter().skip(skip).take(limit).collect();
         api_json(StatusCode::OK, json!({"locations": page, "count": all.len(), "installToFutureLocations": false}))
+    })
+    .await
+}
+
+/// The grant behind a bearer token of either type, or the 401 HighLevel gives.
+fn any_bearer(inner: &Inner, headers: &HeaderMap) -> Result<String, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let unauthorized = || error(StatusCode::UNAUTHORIZED, "Invalid JWT");
+    let a = inner.access.get(token).ok_or_else(unauthorized)?;
+    if a.expires_at_ms <= now_ms() {
+        return Err(unauthorized());
+    }
+    let g = inner.grants.get(&a.grant_id).ok_or_else(unauthorized)?;
+    if g.revoked {
+        return Err(unauthorized());
+    }
+    Ok(a.grant_id.clone())
+}
+
+/// `DELETE /marketplace/app/{appId}/installations`: the developer
+/// uninstalls the app. A Company token may name its company (the app leaves
+/// the agency and every sub-account) or one of its locations; a Location
+/// token only its own location. `reason` is required. The effect is
+/// [`Sim::uninstall`]'s: grants revoked, locations removed, UNINSTALL queued.
+async fn uninstall_app(
+    State(shared): State<Arc<Shared>>,
+    Path(app_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    gated(shared, move |s| {
+        let own_app_id = lock(&s.cfg).app_id.clone();
+        let target = {
+            let inner = lock(&s.inner);
+            let gid = match any_bearer(&inner, &headers) {
+                Ok(g) => g,
+                Err(r) => return r,
+            };
+            if let Err(r) = check_version(&headers) {
+                return r;
+            }
+            if app_id != own_app_id {
+                return error(StatusCode::BAD_REQUEST, "Invalid parameter: appId");
+            }
+            let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(&body) else {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!(["body must be a JSON object"]),
+                );
+            };
+            let text = |k: &str| b.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+            if text("reason").is_none() {
+                return error(StatusCode::BAD_REQUEST, json!(["reason should not be empty"]));
+            }
+            let g = &inner.grants[&gid];
+            match (text("companyId"), text("locationId"), g.user_type) {
+                (Some(c), None, UserType::Company) if c == g.company_id => {
+                    (UserType::Company, c.to_owned())
+                }
+                (None, Some(l), UserType::Company)
+                    if inner
+                        .locations
+                        .get(&g.company_id)
+                        .is_some_and(|m| m.contains_key(l)) =>
+                {
+                    (UserType::Location, l.to_owned())
+                }
+                (None, Some(l), UserType::Location) if g.location_id.as_deref() == Some(l) => {
+                    (UserType::Location, l.to_owned())
+                }
+                (None, None, _) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        json!(["companyId or locationId should not be empty"]),
+                    );
+                }
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid parameter: the token does not belong to that companyId or locationId",
+                    );
+                }
+            }
+        };
+        s.uninstall(target.0, &target.1);
+        lock(&s.inner).counters.app_uninstalls += 1;
+        api_json(StatusCode::OK, json!({"success": true}))
     })
     .await
 }

@@ -59,7 +59,9 @@ fn usage() -> String {
          \x20 POST /_sim/uninstall      {userType, id}: revoke and queue UNINSTALL\n\
          \x20 POST /_sim/bulk-install   {companyId, count}: add locations, queue one INSTALL each -> {locationIds}\n\
          \x20 POST /_sim/plan-change    {userType, id, planId}: queue PLAN_CHANGE\n\
-         A consent at /v2/oauth/chooselocation queues an INSTALL at once.\n",
+         A consent at /v2/oauth/chooselocation queues an INSTALL at once; the developer's\n\
+         DELETE /marketplace/app/{appId}/installations (bearer token, {companyId|locationId, reason})\n\
+         revokes like /_sim/uninstall and queues the UNINSTALL too.\n",
     );
     s
 }

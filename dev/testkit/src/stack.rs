@@ -130,6 +130,7 @@ impl Stack {
             store,
             ghl,
             app: app.clone(),
+            events: shared::events::Events::new(aws_sdk_eventbridge::Client::new(&sdk), "default"),
         };
         Stack {
             sim,

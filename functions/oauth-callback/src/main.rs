@@ -4,8 +4,8 @@
 
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Error, Request, RequestExt, Response, service_fn};
-use shared::config::{CallbackConfig, Env};
-use shared::html::page;
+use shared::config::{CallbackConfig, DEFAULT_APP_NAME, Env};
+use shared::html::{Link, page};
 use shared::install::{CallbackOutcome, CallbackRequest, InstallError, Installed};
 use shared::model::UserType;
 use shared::redact::SecretString;
@@ -109,6 +109,70 @@ fn advice(err: &InstallError) -> &'static str {
     }
 }
 
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// What the customer reads about a failure: a fixed sentence per error,
+/// never an internal name (`unavailable`, `rate_limited`, `response_lost`,
+/// `invalid_grant`, …), HighLevel's raw message, nor text from the request
+/// itself (anyone can craft `?error_description=`). The log line keeps the
+/// full error.
+fn customer_message(err: &InstallError) -> String {
+    match err {
+        InstallError::MethodNotAllowed(_) => {
+            "This address only accepts the GET request of HighLevel's redirect.".into()
+        }
+        InstallError::MissingCode => "The request has no authorization code (?code=…).".into(),
+        InstallError::CodeTooLong(n) => format!(
+            "The authorization code is {n} characters long; HighLevel's codes are at most {}.",
+            shared::install::MAX_CODE_LEN
+        ),
+        InstallError::CodeMalformed => {
+            "The authorization code contains characters HighLevel never uses.".into()
+        }
+        InstallError::ConsentDenied { .. } => {
+            "The installation was not approved in HighLevel.".into()
+        }
+        InstallError::CodeRejected { .. } => {
+            "HighLevel did not accept the authorization code.".into()
+        }
+        InstallError::AppCredentialsRejected => {
+            "HighLevel did not accept this app's credentials.".into()
+        }
+        InstallError::BadGrant(_) => "HighLevel's answer could not be used.".into(),
+        InstallError::HighLevelUnavailable(_) => {
+            "HighLevel could not complete the installation right now.".into()
+        }
+        InstallError::HighLevelTimeout => "HighLevel did not answer in time.".into(),
+        InstallError::StillProcessing => {
+            "This installation is still being completed by an earlier request.".into()
+        }
+        InstallError::CodeAbandoned => {
+            "This authorization code was already used by an earlier request that did not finish."
+                .into()
+        }
+        InstallError::Storage(_) => "The installation could not be saved.".into(),
+    }
+}
+
+/// The app's name at the start of a sentence: the default is lower case
+/// ("this app"); a configured name is used exactly as written.
+fn subject(app_name: &str) -> String {
+    if app_name == DEFAULT_APP_NAME {
+        capitalise(app_name)
+    } else {
+        app_name.to_owned()
+    }
+}
+
+/// The page title: the outcome, then the app's name when one is configured.
+fn title(outcome: &str, app_name: &str) -> String {
+    if app_name == DEFAULT_APP_NAME {
+        outcome.to_owned()
+    } else {
+        format!("{outcome} · {app_name}")
+    }
+}
+
 fn html(status: StatusCode, body: String) -> Response<Body> {
     let mut builder = Response::builder()
         .status(status)
@@ -117,10 +181,10 @@ fn html(status: StatusCode, body: String) -> Response<Body> {
         // The URL carries the code: never send it on as a referrer.
         .header("referrer-policy", "no-referrer")
         .header("x-content-type-options", "nosniff")
-        .header(
-            "content-security-policy",
-            "default-src 'none'; style-src 'unsafe-inline'",
-        );
+        // Nothing may frame these pages (clickjacking), load anything but
+        // the inline style, or submit anywhere.
+        .header("content-security-policy", CSP)
+        .header("x-frame-options", "DENY");
     if status == StatusCode::METHOD_NOT_ALLOWED {
         builder = builder.header("allow", "GET, HEAD");
     }
@@ -129,14 +193,15 @@ fn html(status: StatusCode, body: String) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
-fn what(i: &Installed) -> String {
+fn what(app_name: &str, i: &Installed) -> String {
+    let name = subject(app_name);
     match i.user_type {
         UserType::Company => format!(
-            "The app is now installed for the agency with company id {}.",
+            "{name} is now installed for the agency with company id {}.",
             i.company_id.as_deref().unwrap_or(i.id.id())
         ),
         UserType::Location => format!(
-            "The app is now installed for the sub-account with location id {}.",
+            "{name} is now installed for the sub-account with location id {}.",
             i.location_id.as_deref().unwrap_or(i.id.id())
         ),
     }
@@ -178,34 +243,38 @@ fn respond(cfg: &CallbackConfig, result: Result<CallbackOutcome, InstallError>) 
             html(
                 StatusCode::OK,
                 page(
-                    heading,
+                    &title(heading, &cfg.app_name),
                     heading,
                     &[
-                        what(&i),
+                        what(&cfg.app_name, &i),
                         bulk(&i),
                         "You can close this window and return to HighLevel.".into(),
                     ],
                     true,
+                    Some(&back_to_highlevel(cfg)),
                 ),
             )
         }
         Err(err) => {
             let status = status_of(&err);
-            // Storage errors carry DynamoDB detail that belongs in logs, not on a page.
-            let message = match &err {
-                InstallError::Storage(_) => "The installation could not be saved.".to_owned(),
-                other => format!("{}.", capitalise(&other.to_string())),
-            };
             html(
                 status,
                 page(
+                    &title("Installation failed", &cfg.app_name),
                     "Installation failed",
-                    "Installation failed",
-                    &[message, advice(&err).into()],
+                    &[customer_message(&err), advice(&err).into()],
                     false,
+                    Some(&back_to_highlevel(cfg)),
                 ),
             )
         }
+    }
+}
+
+fn back_to_highlevel(cfg: &CallbackConfig) -> Link<'_> {
+    Link {
+        label: "Back to HighLevel",
+        href: cfg.ghl_app_url.as_str(),
     }
 }
 
@@ -214,5 +283,192 @@ fn capitalise(s: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::config::Env;
+    use shared::model::InstallId;
+    use std::collections::HashMap;
+
+    /// Every `GhlError::kind()` and other internal name a log may carry.
+    const INTERNAL_NAMES: &[&str] = &[
+        "invalid_grant",
+        "location_not_active",
+        "invalid_client",
+        "unauthorized",
+        "rejected",
+        "rate_limited",
+        "unavailable",
+        "unreachable",
+        "timeout",
+        "response_lost",
+        "endpoint_removed",
+        "HighLevelUnavailable",
+        "HighLevelTimeout",
+        "BadGrant",
+        "Storage",
+    ];
+
+    fn config(extra: &[(&str, &str)]) -> CallbackConfig {
+        let mut vars: HashMap<String, String> = [
+            ("INSTALLS_TABLE", "installs"),
+            ("GHL_APP_SECRET_ID", "ghl/app"),
+            ("GHL_REDIRECT_URI", "https://example.com/cb"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        vars.retain(|_, v| !v.is_empty());
+        CallbackConfig::from_env(&Env::new(|k| vars.get(k).cloned())).expect("config")
+    }
+
+    fn body(resp: Response<Body>) -> String {
+        match resp.into_body() {
+            Body::Text(t) => t,
+            Body::Binary(b) => String::from_utf8(b).unwrap(),
+            Body::Empty => String::new(),
+            _ => unreachable!("the callback answers text"),
+        }
+    }
+
+    fn installed() -> Installed {
+        Installed {
+            id: InstallId::Company("co-1".into()),
+            user_type: UserType::Company,
+            company_id: Some("co-1".into()),
+            location_id: None,
+            reinstall: false,
+            fresh: true,
+            approved_locations: 3,
+            install_to_future_locations: None,
+        }
+    }
+
+    fn errors() -> Vec<InstallError> {
+        let mut all = vec![
+            InstallError::MethodNotAllowed("POST".into()),
+            InstallError::MissingCode,
+            InstallError::CodeTooLong(600),
+            InstallError::CodeMalformed,
+            InstallError::ConsentDenied {
+                error: "access_denied".into(),
+                description: "Call +1 555 0100 to unlock your account".into(),
+            },
+            InstallError::CodeRejected {
+                message: "authorization code is invalid".into(),
+            },
+            InstallError::CodeRejected {
+                message: "invalid_grant: expired".into(),
+            },
+            InstallError::AppCredentialsRejected,
+            InstallError::BadGrant("it carried no refresh token"),
+            InstallError::HighLevelTimeout,
+            InstallError::StillProcessing,
+            InstallError::CodeAbandoned,
+        ];
+        for kind in [
+            "unavailable",
+            "response_lost",
+            "rate_limited",
+            "unreachable",
+            "timeout",
+        ] {
+            all.push(InstallError::HighLevelUnavailable(kind.into()));
+        }
+        all
+    }
+
+    #[test]
+    fn failure_pages_name_no_internal_error_and_echo_no_request_text() {
+        let cfg = config(&[("APP_NAME", "Acme Sync")]);
+        for err in errors() {
+            let logged = err.to_string();
+            let page = body(respond(&cfg, Err(err)));
+            let text = page.split("<body>").nth(1).unwrap();
+            for name in INTERNAL_NAMES {
+                assert!(
+                    !text.contains(name),
+                    "the page for {logged:?} shows {name:?}: {text}"
+                );
+            }
+            assert!(!page.contains("555 0100"), "request text echoed: {page}");
+            assert!(page.contains("Installation failed · Acme Sync"), "{page}");
+        }
+        let page = body(respond(
+            &cfg,
+            Err(InstallError::HighLevelUnavailable("response_lost".into())),
+        ));
+        assert!(
+            page.contains("HighLevel could not complete the installation right now."),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn the_kind_stays_in_the_error_for_the_logs() {
+        let err = InstallError::HighLevelUnavailable("rate_limited".into());
+        assert!(err.to_string().contains("rate_limited"));
+    }
+
+    #[test]
+    fn success_page_names_the_app_links_back_and_cannot_be_framed() {
+        let cfg = config(&[("APP_NAME", "Acme <Sync>")]);
+        let resp = respond(&cfg, Ok(CallbackOutcome::Installed(installed())));
+        assert_eq!(resp.status(), StatusCode::OK);
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(resp.headers()["x-frame-options"], "DENY");
+        let page = body(resp);
+        assert!(
+            page.contains("<title>App installed · Acme &lt;Sync&gt;</title>"),
+            "{page}"
+        );
+        assert!(page.contains("<h1>App installed</h1>"), "{page}");
+        assert!(
+            page.contains(
+                "Acme &lt;Sync&gt; is now installed for the agency with company id co-1."
+            ),
+            "{page}"
+        );
+        assert!(page.contains("It covers 3 sub-accounts."), "{page}");
+        assert!(
+            page.contains(
+                "href=\"https://app.gohighlevel.com/\" rel=\"noreferrer\">Back to HighLevel</a>"
+            ),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn default_name_reads_as_a_sentence_and_the_link_follows_ghl_app_url() {
+        let cfg = config(&[("GHL_APP_URL", "https://crm.example.com/")]);
+        let page = body(respond(&cfg, Ok(CallbackOutcome::Installed(installed()))));
+        assert!(page.contains("<title>App installed</title>"), "{page}");
+        assert!(
+            page.contains("This app is now installed for the agency"),
+            "{page}"
+        );
+        assert!(page.contains("href=\"https://crm.example.com/\""), "{page}");
+        let err = body(respond(&cfg, Err(InstallError::MissingCode)));
+        assert!(err.contains("href=\"https://crm.example.com/\""), "{err}");
+        assert!(err.contains("<title>Installation failed</title>"), "{err}");
+    }
+
+    #[test]
+    fn success_redirect_keeps_the_fragment_last() {
+        let cfg = config(&[(
+            "SUCCESS_REDIRECT_URL",
+            "https://app.example.com/welcome#/done",
+        )]);
+        let resp = respond(&cfg, Ok(CallbackOutcome::Installed(installed())));
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        assert_eq!(
+            resp.headers()["location"],
+            "https://app.example.com/welcome?userType=Company&companyId=co-1#/done"
+        );
     }
 }

@@ -62,7 +62,7 @@ async fn company_install_lands_encrypted_with_metadata() {
     stack
         .sim
         .add_locations("co-1", &[("loc-a", "A"), ("loc-b", "B")]);
-    let f = start(&stack, &[]).await;
+    let f = start(&stack, &[("APP_NAME", "Acme Sync")]).await;
     let code = stack.consent_code(&company("co-1")).await;
     let a = get(&stack, &[("code", &code)]).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -72,6 +72,22 @@ async fn company_install_lands_encrypted_with_metadata() {
         a.body
     );
     assert_eq!(a.headers["referrer-policy"], "no-referrer");
+    assert!(
+        a.headers["content-security-policy"]
+            .as_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert!(
+        a.body.contains("Acme Sync is now installed for the agency"),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body.contains("href=\"https://app.gohighlevel.com/\""),
+        "{}",
+        a.body
+    );
     assert!(
         a.headers["content-type"]
             .as_str()
@@ -184,25 +200,25 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
                 ("error_description", "The user denied access"),
             ],
             400,
-            "not approved (access_denied): The user denied access",
+            "not approved in HighLevel",
         ),
         (
             "POST",
             vec![("code", "abc")],
             405,
-            "Method POST is not allowed",
+            "only accepts the GET request",
         ),
         (
             "DELETE",
             vec![("code", "abc")],
             405,
-            "Method DELETE is not allowed",
+            "only accepts the GET request",
         ),
         (
             "GET",
             vec![("code", "not-a-real-code")],
             400,
-            "authorization code is invalid",
+            "did not accept the authorization code",
         ),
     ];
     let before = stack.items().await;
@@ -221,6 +237,19 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "{method} {query:?} changed the table"
         );
     }
+    // Nothing from the request is echoed (anyone can craft these links).
+    let denied = get(
+        &stack,
+        &[
+            ("error", "access_denied"),
+            (
+                "error_description",
+                "Your account is locked, call +1 555 0100",
+            ),
+        ],
+    )
+    .await;
+    assert!(!denied.body.contains("555 0100"), "{}", denied.body);
     let a = call(&stack, "POST", &[("code", "abc")]).await;
     assert_eq!(a.headers["allow"], "GET, HEAD");
     // HEAD is a probe: no exchange, nothing stored.
@@ -249,7 +278,19 @@ async fn highlevel_down_or_slow_is_a_gateway_error_and_stores_nothing() {
     let code = stack.consent_code(&company("co-4")).await;
     let a = get(&stack, &[("code", &code)]).await;
     assert_eq!(a.status, 502, "{}", a.body);
-    assert!(a.body.contains("HighLevel is unavailable"), "{}", a.body);
+    assert!(
+        a.body
+            .contains("HighLevel could not complete the installation right now."),
+        "{}",
+        a.body
+    );
+    for internal in ["unavailable", "(5", "503"] {
+        assert!(
+            !a.body.contains(internal),
+            "the page shows {internal:?}: {}",
+            a.body
+        );
+    }
     assert_eq!(stack.items().await, before);
 
     // The 5xx consumed nothing: the same code works on retry.

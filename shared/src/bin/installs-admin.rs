@@ -1,90 +1,194 @@
-//! Operator and developer commands for the installs table and app secret.
+//! The operator's tool for the installs table and app secret. The commands
+//! live in `shared::admin` (one module each); this file parses nothing
+//! itself (`shared::admin::cli`), loads what a command needs, and prints the
+//! answer: a table for people, JSON with `--json`. `installs-admin help`
+//! lists the commands.
 //!
-//!   installs-admin bootstrap   create the table and the app secret where AWS_ENDPOINT_URL (or the account) points
-//!   installs-admin list        print every install as stored: readable metadata, tokens shown only as ciphertext
-//!   installs-admin rekey       re-seal every install's tokens under the app secret's current data key
-//!
-//! Table and secret come from INSTALLS_TABLE and GHL_APP_SECRET_ID; the
-//! bootstrap secret's client id/secret from GHL_CLIENT_ID, GHL_CLIENT_SECRET
-//! and GHL_APP_ID.
+//! Exit status: 0 done; 1 failed, or the outcome was not the one asked for
+//! (a refresh that did not refresh); 2 bad arguments or environment.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use rand::RngCore;
-use shared::config::Env;
+use shared::admin::cli::{Command, USAGE, parse};
+use shared::admin::{AdminError, Report};
+use shared::config::{CommonConfig, Env};
+use shared::refresh::RefreshPolicy;
+use shared::services::Services;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: installs-admin <bootstrap|list|rekey>\n\
-  bootstrap  create the installs table (with its due index and TTL) and the app secret, if missing\n\
-  list       print every install item, ciphertext abbreviated\n\
-  rekey      re-seal every install under the current data key (safe while the functions run; resumable)\n\
-environment: INSTALLS_TABLE, GHL_APP_SECRET_ID, and for bootstrap GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_APP_ID";
+/// `println!` that never panics: a reader that went away (`| head`) only
+/// cuts the output short.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("bootstrap") => bootstrap().await,
-        Some("list") => list().await,
-        Some("rekey") => rekey().await,
-        _ => Err(USAGE.to_owned()),
+    let invocation = match parse(&args) {
+        Ok(i) => i,
+        Err(e) => return fail(&e),
+    };
+    let json = invocation.json;
+    let result = match invocation.command {
+        Command::Help => {
+            say!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Bootstrap => bootstrap().await,
+        Command::List => list().await,
+        Command::Rekey => rekey().await,
+        other => operate(other, json).await,
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("installs-admin: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(code) => code,
+        Err(e) => fail(&e),
     }
 }
 
-fn env_required(var: &'static str, expected: &'static str) -> Result<String, String> {
-    Env::process()
-        .required(var, expected)
-        .map_err(|e| e.to_string())
+fn fail(e: &AdminError) -> ExitCode {
+    eprintln!("installs-admin: {e}");
+    if matches!(e, AdminError::Usage(_)) {
+        eprintln!("(`installs-admin help` lists the commands and their arguments)");
+    }
+    ExitCode::from(e.exit_code())
 }
 
-async fn bootstrap() -> Result<(), String> {
+/// Prints an answer; exit status 1 when it is not the outcome asked for.
+fn emit<R: Report>(report: &R, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(s) => say!("{s}"),
+            Err(e) => {
+                eprintln!("installs-admin: the answer could not be written as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        say!("{}", report.human().trim_end_matches('\n'));
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn services() -> Result<(CommonConfig, Services), AdminError> {
+    let cfg = CommonConfig::from_env(&Env::process())?;
+    let svc = Services::load_admin(&cfg).await?;
+    Ok((cfg, svc))
+}
+
+/// The owner name of the leases this process takes (a nonce is added per taking).
+fn lease_owner() -> String {
+    format!("installs-admin-{}", std::process::id())
+}
+
+async fn operate(command: Command, json: bool) -> Result<ExitCode, AdminError> {
+    use shared::admin::{broken, link, refresh, show, status, uninstall};
+    if let Command::Link(opts) = &command {
+        let env = Env::process();
+        // Checked before the secret is fetched.
+        let plan = link::plan(&env, opts)?;
+        let secret_id = env.required(
+            "GHL_APP_SECRET_ID",
+            "the Secrets Manager name or ARN of the app secret",
+        )?;
+        let sdk = shared::aws::sdk_config().await;
+        let app = shared::app_secret::AppSecret::load(
+            &aws_sdk_secretsmanager::Client::new(&sdk),
+            &secret_id,
+        )
+        .await
+        .map_err(|e| AdminError::Failed(e.to_string()))?;
+        return Ok(emit(&plan.link(&app.client_id), json));
+    }
+    let (cfg, svc) = services().await?;
+    let policy = RefreshPolicy::new(&cfg);
+    let owner = lease_owner();
+    Ok(match command {
+        Command::Status => emit(&status::status(&svc.store).await?, json),
+        Command::Broken { state, limit } => {
+            emit(&broken::broken(&svc.store, state, limit).await?, json)
+        }
+        Command::IndexBroken => emit(&broken::index_broken(&svc.store).await?, json),
+        Command::Show(id) => emit(&show::show(&svc.store, &id).await?, json),
+        Command::Refresh(id) => emit(&refresh::refresh(&svc, &policy, &id, &owner).await?, json),
+        Command::Probe(id) => emit(&refresh::probe(&svc, &policy, &id, &owner).await?, json),
+        Command::Uninstall { id, reason } => {
+            let app_id = Env::process().optional("GHL_APP_ID");
+            emit(
+                &uninstall::uninstall(&svc, &policy, &id, &reason, app_id.as_deref(), &owner)
+                    .await?,
+                json,
+            )
+        }
+        Command::Help | Command::Bootstrap | Command::List | Command::Rekey | Command::Link(_) => {
+            unreachable!("handled before")
+        }
+    })
+}
+
+/// A missing variable is a usage error (exit 2).
+fn env_required(var: &'static str, expected: &'static str) -> Result<String, AdminError> {
+    Ok(Env::process().required(var, expected)?)
+}
+
+/// Anything else that stops a maintenance command is a failure (exit 1).
+fn failed(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Failed(e.to_string())
+}
+
+async fn bootstrap() -> Result<ExitCode, AdminError> {
     let table = env_required("INSTALLS_TABLE", "the table name to create")?;
     let secret_id = env_required("GHL_APP_SECRET_ID", "the secret name to create")?;
     let sdk = shared::aws::sdk_config().await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     match ddb.describe_table().table_name(&table).send().await {
-        Ok(_) => println!("table {table}: exists"),
+        Ok(_) => say!("table {table}: exists"),
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_resource_not_found_exception()) =>
         {
-            shared::schema::create_table(&ddb, &table).await?;
-            println!(
-                "table {table}: created (pk/sk, {} on {}/{}, TTL on {})",
-                shared::schema::DUE_INDEX,
-                shared::schema::DUE_SHARD,
-                shared::schema::DUE_AT,
+            shared::schema::create_table(&ddb, &table)
+                .await
+                .map_err(failed)?;
+            let indexes: Vec<String> = shared::schema::INDEXES
+                .iter()
+                .map(|i| format!("{} on {}/{}", i.name, i.hash, i.range))
+                .collect();
+            say!(
+                "table {table}: created (pk/sk, {}, TTL on {})",
+                indexes.join(", "),
                 shared::schema::TTL
             );
         }
         Err(e) => {
-            return Err(format!(
+            return Err(failed(format!(
                 "describe table {table}: {}",
                 shared::aws::error_text(&e)
-            ));
+            )));
         }
     }
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     match sm.describe_secret().secret_id(&secret_id).send().await {
         Ok(_) => {
-            println!("secret {secret_id}: exists (left as it is)");
-            return Ok(());
+            say!("secret {secret_id}: exists (left as it is)");
+            return Ok(ExitCode::SUCCESS);
         }
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_resource_not_found_exception()) => {}
         Err(e) => {
-            return Err(format!(
+            return Err(failed(format!(
                 "describe secret {secret_id}: {}",
                 shared::aws::error_text(&e)
-            ));
+            )));
         }
     }
     let client_id = env_required("GHL_CLIENT_ID", "the HighLevel app's client id")?;
@@ -104,9 +208,14 @@ async fn bootstrap() -> Result<(), String> {
         .secret_string(value.to_string())
         .send()
         .await
-        .map_err(|e| format!("create secret {secret_id}: {}", shared::aws::error_text(&e)))?;
-    println!("secret {secret_id}: created with a fresh data key k1");
-    Ok(())
+        .map_err(|e| {
+            failed(format!(
+                "create secret {secret_id}: {}",
+                shared::aws::error_text(&e)
+            ))
+        })?;
+    say!("secret {secret_id}: created with a fresh data key k1");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Ciphertext is abbreviated: the point is to show it is ciphertext.
@@ -126,7 +235,7 @@ fn render(v: &AttributeValue) -> serde_json::Value {
     }
 }
 
-async fn list() -> Result<(), String> {
+async fn list() -> Result<ExitCode, AdminError> {
     let table = env_required("INSTALLS_TABLE", "the table name")?;
     let sdk = shared::aws::sdk_config().await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
@@ -140,7 +249,7 @@ async fn list() -> Result<(), String> {
             .set_exclusive_start_key(start)
             .send()
             .await
-            .map_err(|e| format!("scan {table}: {}", shared::aws::error_text(&e)))?;
+            .map_err(|e| failed(format!("scan {table}: {}", shared::aws::error_text(&e))))?;
         for item in out.items() {
             let mut obj: Vec<_> = item.iter().collect();
             obj.sort_by(|a, b| a.0.cmp(b.0));
@@ -148,23 +257,20 @@ async fn list() -> Result<(), String> {
                 .into_iter()
                 .map(|(k, v)| (k.clone(), render(v)))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&map).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(&map).unwrap_or_default());
         }
         start = out.last_evaluated_key;
         if start.is_none() {
             break;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit status 2 when some installs were left under an old key (busy the
 /// whole time): run it again.
-async fn rekey() -> Result<(), String> {
-    let cfg = shared::config::CommonConfig::from_env(&Env::process()).map_err(|e| e.to_string())?;
-    let svc = shared::services::Services::load_admin(&cfg)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn rekey() -> Result<ExitCode, AdminError> {
+    let (cfg, svc) = services().await?;
     let owner = format!("installs-admin-rekey-{}", std::process::id());
     eprintln!(
         "re-sealing every install in {} under data key {}",
@@ -188,15 +294,15 @@ async fn rekey() -> Result<(), String> {
         )
     })
     .await
-    .map_err(|e| e.to_string())?;
-    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    .map_err(failed)?;
+    say!("{}", serde_json::to_string(&summary).unwrap_or_default());
     if summary.complete() {
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
             "installs-admin: {} installs still under an old key; run rekey again",
             summary.left.len()
         );
-        std::process::exit(2)
+        Ok(ExitCode::from(2))
     }
 }

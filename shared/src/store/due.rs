@@ -86,4 +86,19 @@ impl Store {
             next: out.last_evaluated_key,
         })
     }
+
+    /// The install that has been due longest (at or before `now`), with its
+    /// due time: the head of each shard, one item each.
+    pub async fn oldest_due(&self, now: i64) -> Result<Option<(InstallId, i64)>, StoreError> {
+        let mut oldest: Option<(InstallId, i64)> = None;
+        for shard in 0..self.due.shards.max(1) {
+            let page = self.due_page(shard, now, 1, None).await?;
+            if let Some((id, due)) = page.ids.into_iter().next()
+                && oldest.as_ref().is_none_or(|(_, o)| due < *o)
+            {
+                oldest = Some((id, due));
+            }
+        }
+        Ok(oldest)
+    }
 }

@@ -27,6 +27,11 @@ pub enum LeaseWhen {
     ExpiresBefore(i64),
     /// Maintenance (key rotation): whenever it is free.
     Always,
+    /// An operator's forced refresh or probe (`installs-admin refresh`,
+    /// `probe`): whenever it is free, expired or ours, with refresh intent,
+    /// whatever its due time or expiry, as long as its state is one whose
+    /// token is still presented (never a terminal one).
+    Force,
 }
 
 #[derive(Debug)]
@@ -117,6 +122,15 @@ impl Store {
                     states.join(", ")
                 ));
             }
+            LeaseWhen::Force => {
+                let st = u.name(attr::STATE);
+                let states: Vec<String> = InstallState::ALL
+                    .into_iter()
+                    .filter(|st| st.is_refreshable())
+                    .map(|st| u.value(s(st.as_str())))
+                    .collect();
+                cond.push_str(&format!(" AND {st} IN ({})", states.join(", ")));
+            }
             LeaseWhen::Always => {
                 // Never over a refresh holder's expired lease: it may have
                 // presented the refresh token, and only the refresh path
@@ -157,6 +171,7 @@ impl Store {
                 };
                 install.lease_owner = Some(token.to_owned());
                 install.lease_until_ms = Some(until);
+                install.lease_intent = Some(intent.to_owned());
                 Ok(LeaseOutcome::Acquired {
                     install: Box::new(install),
                     abandoned,

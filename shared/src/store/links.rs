@@ -154,32 +154,46 @@ impl Store {
         Ok(out.item.as_ref().and_then(decode_link))
     }
 
-    /// Every location linked to a company, page by page.
+    /// Every location linked to a company.
     pub async fn links_of(&self, company_id: &str) -> Result<Vec<LocationLink>, StoreError> {
-        let mut links = Vec::new();
+        let pk = InstallId::Company(company_id.to_owned()).key();
+        let items = self
+            .items_with_prefix(&pk, LOCATION_SK_PREFIX, false, "Query(links)")
+            .await?;
+        Ok(items.iter().filter_map(decode_link).collect())
+    }
+
+    /// Every item of partition `pk` whose sort key starts with `prefix`,
+    /// page by page (only the keys when `keys_only`).
+    async fn items_with_prefix(
+        &self,
+        pk: &str,
+        prefix: &str,
+        keys_only: bool,
+        op: &'static str,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
         let mut start = None;
         loop {
-            let out = self
+            let mut query = self
                 .table_op("dynamodb:Query")?
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
                 .expression_attribute_names("#pk", PK)
                 .expression_attribute_names("#sk", SK)
-                .expression_attribute_values(
-                    ":pk",
-                    s(InstallId::Company(company_id.to_owned()).key()),
-                )
-                .expression_attribute_values(":prefix", s(LOCATION_SK_PREFIX))
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(prefix))
                 .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(dynamo("Query(links)"))?;
-            links.extend(out.items.unwrap_or_default().iter().filter_map(decode_link));
+                .set_exclusive_start_key(start);
+            if keys_only {
+                query = query.projection_expression("#pk, #sk");
+            }
+            let out = query.send().await.map_err(dynamo(op))?;
+            items.extend(out.items.unwrap_or_default());
             start = out.last_evaluated_key;
             if start.is_none() {
-                return Ok(links);
+                return Ok(items);
             }
         }
     }
@@ -234,36 +248,23 @@ impl Store {
     /// Removes the tokens from every journal entry of an install (the
     /// entries stay until their TTL, empty).
     async fn erase_journal(&self, id: &InstallId) -> Result<(), StoreError> {
-        let mut start = None;
-        loop {
-            let out = self
-                .table_op("dynamodb:Query")?
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#sk", SK)
-                .expression_attribute_values(":pk", s(id.key()))
-                .expression_attribute_values(":prefix", s(JOURNAL_SK_PREFIX))
-                .projection_expression("#pk, #sk")
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
+        let entries = self
+            .items_with_prefix(
+                &id.key(),
+                JOURNAL_SK_PREFIX,
+                true,
+                "Query(journal to erase)",
+            )
+            .await?;
+        for item in entries {
+            let Some(sk) = get_s(&item, SK) else { continue };
+            let mut u = Update::default();
+            u.remove(attr::ACCESS_TOKEN).remove(attr::REFRESH_TOKEN);
+            self.update(&id.key(), sk, u)?
                 .send()
                 .await
-                .map_err(dynamo("Query(journal to erase)"))?;
-            for item in out.items.unwrap_or_default() {
-                let Some(sk) = get_s(&item, SK) else { continue };
-                let mut u = Update::default();
-                u.remove(attr::ACCESS_TOKEN).remove(attr::REFRESH_TOKEN);
-                self.update(&id.key(), sk, u)?
-                    .send()
-                    .await
-                    .map_err(dynamo("UpdateItem(erase journal)"))?;
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(());
-            }
+                .map_err(dynamo("UpdateItem(erase journal)"))?;
         }
+        Ok(())
     }
 }

@@ -7,12 +7,14 @@
 //!
 //! Modules: [`item`] (attribute names, the update builder), [`lease`]
 //! (install leases and mint locks, one mechanism), [`journal`], [`codes`]
-//! (authorization-code claims), [`due`] (the sharded due index). This file
+//! (authorization-code claims), [`due`] (the sharded due index), [`fleet`]
+//! (the sparse broken index and the state census), [`links`]. This file
 //! holds the install item itself: saving a grant, reading and decoding it,
 //! and the fenced writes that commit a pair or record a state.
 
 mod codes;
 mod due;
+mod fleet;
 mod item;
 mod journal;
 mod lease;
@@ -21,6 +23,7 @@ mod webhooks;
 
 pub use codes::{CodeRecord, code_hash};
 pub use due::{DuePage, shard_name, shard_of};
+pub use fleet::{BrokenInstall, BrokenPage};
 pub use item::attr;
 pub use journal::JournalEntry;
 pub use lease::{LeaseOutcome, LeaseWhen, lease_token};
@@ -31,7 +34,7 @@ use crate::crypto::{CryptoError, Keyring};
 use crate::iam::FunctionPolicy;
 use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_secs};
 use crate::redact::SecretString;
-use crate::schema::{DUE_AT, DUE_SHARD, PK, SK};
+use crate::schema::{BROKEN_PARTITION, BROKEN_SHARD, BROKEN_SINCE, DUE_AT, DUE_SHARD, PK, SK};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use item::{Item, Update, get_bool, get_list, get_n, get_s, key_of, num, s};
@@ -85,12 +88,18 @@ pub struct Install {
     /// lease write recognises its own).
     pub lease_owner: Option<String>,
     pub lease_until_ms: Option<i64>,
+    /// Why the lease was taken: `refresh` (the holder may present the
+    /// refresh token) or `maintain` (key rotation).
+    pub lease_intent: Option<String>,
     /// Set when a presentation of the current refresh token had an unknown
     /// outcome (or its holder died mid-refresh): epoch ms of the first such
     /// send. Cleared by the next commit. An `Invalid grant` while it is set
     /// means the grant is `lost`, not `revoked`.
     pub doubt_since_ms: Option<i64>,
     pub due_at: Option<i64>,
+    /// Epoch seconds since the install stopped being `active` (None while
+    /// it is): the broken index's sort key.
+    pub broken_since: Option<i64>,
     pub failures: u32,
     pub installed_at: i64,
     pub last_installed_at: i64,
@@ -232,11 +241,22 @@ impl Store {
         );
     }
 
+    /// Every write that sets an install's state goes through here (saving a
+    /// grant, committing a pair, recording a state, uninstalling), so the
+    /// broken index follows the state in the same write: an install not
+    /// `active` carries the index's keys (`broken_since` kept from when it
+    /// first stopped being active), an `active` one carries neither.
     fn set_state(&self, u: &mut Update, state: InstallState, reason: &str, now: i64) {
         u.set(attr::STATE, s(state.as_str()));
         u.set(attr::STATE_REASON, s(reason));
         u.set(attr::STATE_CHANGED_AT, num(now));
         u.set(attr::UPDATED_AT, num(now));
+        if state == InstallState::Active {
+            u.remove(BROKEN_SHARD).remove(BROKEN_SINCE);
+        } else {
+            u.set(BROKEN_SHARD, s(BROKEN_PARTITION));
+            u.set_if_absent(BROKEN_SINCE, num(now));
+        }
     }
 
     fn update(
@@ -445,8 +465,10 @@ impl Store {
             version: get_n(&item, attr::VERSION).unwrap_or(0) as u64,
             lease_owner: get_s(&item, attr::LEASE_OWNER).map(str::to_owned),
             lease_until_ms: get_n(&item, attr::LEASE_UNTIL),
+            lease_intent: get_s(&item, attr::LEASE_INTENT).map(str::to_owned),
             doubt_since_ms: get_n(&item, attr::DOUBT_SINCE),
             due_at: get_n(&item, DUE_AT),
+            broken_since: get_n(&item, BROKEN_SINCE),
             failures: get_n(&item, attr::FAILURES).unwrap_or(0) as u32,
             installed_at: get_n(&item, attr::INSTALLED_AT).unwrap_or(0),
             last_installed_at: get_n(&item, attr::LAST_INSTALLED_AT).unwrap_or(0),
@@ -702,6 +724,7 @@ mod tests {
             dynamodb: &["dynamodb:PutItem", "dynamodb:UpdateItem"],
             dynamodb_index: &[],
             secretsmanager: &[],
+            events: &[],
         };
         let store = offline_store().restricted_to(&NO_DELETE);
         let err = store.release_code("abc").await.unwrap_err();
