@@ -157,6 +157,14 @@ impl Stack {
             ("GHL_API_BASE_URL".into(), self.sim.base_url()),
             ("GHL_REDIRECT_URI".into(), REDIRECT_URI.into()),
             ("REFRESH_JITTER_SECS".into(), "0".into()),
+            // moto serialises every request (dev/moto_server.py), so with the
+            // whole suite running at once a call can wait seconds in its
+            // queue; DynamoDB answers in milliseconds. One 4 s attempt, not
+            // retried within the operation, keeps a refresh's budget (connect
+            // + request + two writes = 21 s) inside the tests' 30 s
+            // deadlines. Tests that exercise tight timeouts set their own.
+            ("AWS_ATTEMPT_TIMEOUT_MS".into(), "4000".into()),
+            ("AWS_OPERATION_TIMEOUT_MS".into(), "4000".into()),
             ("DUE_SHARDS".into(), self.shards.to_string()),
             ("RUST_LOG".into(), "info".into()),
         ]
@@ -395,6 +403,16 @@ impl Stack {
         }
     }
 }
+
+/// For tests that load the shared moto hard (several sweeps over hundreds
+/// of installs while the rest of the suite runs): AWS calls may wait in
+/// moto's queue far longer than DynamoDB would ever take, and a timed-out
+/// write would leave the test counting a store error, not testing the
+/// protocol.
+pub const PATIENT_AWS: &[(&str, &str)] = &[
+    ("AWS_ATTEMPT_TIMEOUT_MS", "20000"),
+    ("AWS_OPERATION_TIMEOUT_MS", "20000"),
+];
 
 /// A Lambda Function URL (payload 2.0) request event.
 pub fn function_url_event(method: &str, query: &[(&str, &str)]) -> Value {

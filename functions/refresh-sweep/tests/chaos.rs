@@ -35,6 +35,7 @@ const SWEEP_ENV: &[(&str, &str)] = &[
     ("GHL_HTTP_TIMEOUT_MS", "1500"),
     ("GHL_CONNECT_TIMEOUT_MS", "300"),
     ("GHL_REPRESENT_WINDOW_MS", "3000"),
+    ("AWS_ATTEMPT_TIMEOUT_MS", "2000"),
     ("AWS_OPERATION_TIMEOUT_MS", "4000"),
     ("BACKOFF_BASE_SECS", "1"),
     ("BACKOFF_MAX_SECS", "2"),

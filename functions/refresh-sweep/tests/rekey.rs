@@ -24,9 +24,10 @@ async fn rekey_under_running_sweeps_loses_nothing() {
         ..Default::default()
     });
 
+    let env = [testkit::stack::PATIENT_AWS, &[("SWEEP_CONCURRENCY", "8")]].concat();
     let sweeps = [
-        stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "8")]),
-        stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "8")]),
+        stack.spawn("refresh-sweep", &env),
+        stack.spawn("refresh-sweep", &env),
     ];
     let env = stack.env();
     let rekey = async {
@@ -40,7 +41,7 @@ async fn rekey_under_running_sweeps_loses_nothing() {
             .await
             .expect("installs-admin runs")
     };
-    let opts = || InvokeOptions::with_deadline(Duration::from_secs(60));
+    let opts = || InvokeOptions::with_deadline(Duration::from_secs(120));
     let (a, b, out) = tokio::join!(
         stack.api.invoke_with(scheduled_event(), opts()),
         stack.api.invoke_with(scheduled_event(), opts()),

@@ -91,8 +91,9 @@ async fn two_sweeps_at_once_refresh_each_install_exactly_once() {
         latency_ms: 20,
         ..Default::default()
     });
-    let a = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "16")]);
-    let b = stack.spawn("refresh-sweep", &[("SWEEP_CONCURRENCY", "16")]);
+    let env = [testkit::stack::PATIENT_AWS, &[("SWEEP_CONCURRENCY", "16")]].concat();
+    let a = stack.spawn("refresh-sweep", &env);
+    let b = stack.spawn("refresh-sweep", &env);
     let (ra, rb) = tokio::join!(
         sweep(&stack, Duration::from_secs(120)),
         sweep(&stack, Duration::from_secs(120))
