@@ -34,3 +34,21 @@ if head[:4] != b"\x7fELF" or head[4] != 2 or struct.unpack_from("<H", head, 18)[
 PY
   printf '%-20s %s bytes (%s MiB)\n' "$f" "$(stat -c %s "$bin")" "$(python3 -c "import os,sys;print(round(os.path.getsize(sys.argv[1])/1048576,1))" "$bin")"
 done
+
+# The README's size table is regenerated from this build, never typed.
+python3 - "$ROOT/README.md" "$LAMBDA_DIR" "${FUNCTIONS[@]}" <<'PY'
+import os, re, sys
+readme, lambda_dir, functions = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = ["| function | arm64 `bootstrap` |", "|---|---|"]
+for f in functions:
+    n = os.path.getsize(os.path.join(lambda_dir, f, "bootstrap"))
+    rows.append(f"| {f} | {n / 1048576:.1f} MiB ({n:,} bytes) |")
+text = open(readme).read()
+start, end = "<!-- sizes:start (dev/package.sh writes this table) -->", "<!-- sizes:end -->"
+if start not in text or end not in text:
+    sys.exit(f"error: {readme} has no {start} ... {end} markers for the size table")
+new = re.sub(re.escape(start) + r".*?" + re.escape(end), start + "\n" + "\n".join(rows) + "\n" + end, text, flags=re.S)
+if new != text:
+    open(readme, "w").write(new)
+    print("README.md: size table updated from this build")
+PY

@@ -26,6 +26,7 @@ cargo build --workspace --bins --locked
 log "cargo test"
 cargo test --workspace --locked -- --skip chaos_
 log "chaos test (its counts printed)"
-cargo test --locked -p refresh-sweep --test chaos -- --nocapture
+# One mode at a time: both at once double the load on the one-core moto.
+cargo test --locked -p refresh-sweep --test chaos -- --nocapture --test-threads=1
 log "browser test: headless Chromium walks the install flow (dev/browser-test.sh)"
 dev/browser-test.sh

@@ -528,6 +528,9 @@ impl Refresher<'_> {
             };
             match settle(result) {
                 Settled::Pair(grant, pair) => return done(Answer::Pair(grant, pair), attempts),
+                // A 429 or a failed connection says nothing about the token:
+                // its fate is still unknown, so the window goes on.
+                Settled::Refused(e) if e.is_transient() => last_unknown = e,
                 // Held while the other send may still bring the pair.
                 Settled::Refused(e) => refused = refused.or(Some(e)),
                 Settled::Unknown(e) => last_unknown = e,

@@ -20,13 +20,12 @@ pub const DUE_AT: &str = "due_at";
 /// exactly while its state is something else (`store::Store::set_state`
 /// writes and removes both keys with every state change).
 pub const BROKEN_INDEX: &str = "broken-index";
-/// The broken index's partition key; always [`BROKEN_PARTITION`] when set.
+/// The broken index's partition key: the install's state (`retrying`,
+/// `lost`, …), so each state is one partition, read by one Query, and the
+/// `uninstalled` ones (which only accumulate) never crowd out the others.
 pub const BROKEN_SHARD: &str = "broken_shard";
 /// The broken index's sort key: epoch seconds since the install stopped being `active`.
 pub const BROKEN_SINCE: &str = "broken_since";
-/// The one value of [`BROKEN_SHARD`]. Broken installs are few (every one is
-/// an operator's case), so one partition holds them all.
-pub const BROKEN_PARTITION: &str = "broken";
 /// Epoch seconds after which DynamoDB may delete the item (journal entries, code claims).
 pub const TTL: &str = "ttl";
 

@@ -37,6 +37,7 @@ async fn admin(stack: &Stack, args: &[&str], extra: &[(&str, &str)]) -> Run {
         ("AWS_OPERATION_TIMEOUT_MS", "30000"),
         ("LEASE_SECS", "150"),
     ] {
+        env.retain(|(ek, _)| ek != k);
         env.push((k.into(), v.into()));
     }
     for (k, v) in extra {
@@ -139,30 +140,39 @@ async fn broken_lists_broken_installs_from_the_sparse_index_and_drops_them_when_
     expect(&r, 1, "refresh of a revoked grant");
     assert_eq!(r.json()["outcome"], "revoked", "{}", r.stdout);
 
-    // The listing comes from the index: the one Query page holds exactly
-    // the two broken installs, though the table holds 2,002 installs (a
+    // The listing comes from the index: one Query page per state holds
+    // exactly its broken installs, though the table holds 2,002 installs (a
     // Scan page of 100 would hold none of them and say there is more).
     let t = Instant::now();
-    let page = stack
-        .store()
-        .broken_page(None, 100, None)
-        .await
-        .expect("broken index query");
+    let mut ids = Vec::new();
+    for state in [InstallState::Suspended, InstallState::Revoked] {
+        let page = stack
+            .store()
+            .broken_page(state, 100, None)
+            .await
+            .expect("broken index query");
+        assert!(page.next.is_none(), "one page");
+        ids.extend(page.installs.iter().map(|b| (b.id.key(), b.state.clone())));
+    }
     println!(
-        "broken-index query over {} installs: {:?}",
+        "broken-index queries (two states) over {} installs: {:?}",
         actives.len() + 2,
         t.elapsed()
     );
-    let ids: Vec<String> = page.installs.iter().map(|b| b.id.key()).collect();
-    assert_eq!(ids.len(), 2, "{ids:?}");
-    assert!(page.next.is_none(), "one page");
+    assert_eq!(
+        ids,
+        [
+            ("location#loc-sus".to_owned(), "suspended".to_owned()),
+            ("company#co-rev".to_owned(), "revoked".to_owned())
+        ]
+    );
     // And it is the index, not the table: a store limited to a function's
     // policy (none grants the broken index) is refused before sending.
     let limited = stack
         .store()
         .clone()
         .restricted_to(shared::iam::policy("refresh-sweep").unwrap());
-    match limited.broken_page(None, 100, None).await {
+    match limited.broken_page(InstallState::Lost, 100, None).await {
         Err(StoreError::NotPermitted { action, on, .. }) => {
             assert_eq!((action, on), ("dynamodb:Query", "the broken index"));
         }
@@ -217,6 +227,7 @@ async fn broken_lists_broken_installs_from_the_sparse_index_and_drops_them_when_
 
     let human = admin(&stack, &["broken"], &[]).await;
     expect(&human, 0, "broken (human)");
+    println!("$ installs-admin broken\n{}", human.stdout);
     assert!(
         human.stdout.contains("location#loc-sus")
             && human.stdout.contains("Location is not active")
@@ -226,6 +237,22 @@ async fn broken_lists_broken_installs_from_the_sparse_index_and_drops_them_when_
     );
     let only = admin(&stack, &["broken", "--state", "revoked", "--json"], &[]).await;
     assert_eq!(only.json()["count"], 1, "{}", only.stdout);
+    // The states needing someone come first; a limit says it cut the list.
+    let first = admin(&stack, &["broken", "--limit", "1", "--json"], &[])
+        .await
+        .json();
+    assert_eq!(
+        first["installs"][0]["installId"], "company#co-rev",
+        "{first}"
+    );
+    assert_eq!(
+        (first["count"].as_u64(), first["complete"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let two = admin(&stack, &["broken", "--limit", "2", "--json"], &[])
+        .await
+        .json();
+    assert_eq!(two["complete"], true, "{two}");
 
     let status = admin(&stack, &["status", "--json"], &[]).await;
     expect(&status, 0, "status");
@@ -238,6 +265,7 @@ async fn broken_lists_broken_installs_from_the_sparse_index_and_drops_them_when_
     // The suspended install is due later; nothing is waiting now.
     assert!(st["oldestDue"].is_null(), "{st}");
     let human = admin(&stack, &["status"], &[]).await;
+    println!("$ installs-admin status\n{}", human.stdout);
     assert!(
         human.stdout.contains("suspended") && human.stdout.contains("2002"),
         "{}",
@@ -360,6 +388,7 @@ async fn link_round_trips_through_the_consent_page_to_a_working_install() {
     assert_eq!(s["refreshCount"], 1);
     assert!(s["lease"].is_null() && s["dueAt"].as_i64().is_some());
     let human = admin(&stack, &["show", "--company", "co-link"], &[]).await;
+    println!("$ installs-admin show --company co-link\n{}", human.stdout);
     assert!(
         human.stdout.contains("sha256:")
             && human.stdout.contains("lease")
@@ -385,6 +414,7 @@ async fn refresh_while_a_sweep_runs_presents_no_token_twice() {
     let age = oldest["ageSecs"].as_i64().unwrap();
     assert!((21_000..=21_700).contains(&age), "{st}");
     let human = admin(&stack, &["status"], &[]).await;
+    println!("$ installs-admin status\n{}", human.stdout);
     assert!(
         human.stdout.contains("oldest due: company#race-"),
         "{}",
@@ -816,4 +846,51 @@ async fn the_client_types_highlevels_uninstall_answers() {
     .await
     .expect("uninstalled");
     assert_eq!(stack.sim.counters().app_uninstalls, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn index_broken_indexes_installs_broken_before_the_index_existed() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let stack = Stack::new().await;
+    let id = company("co-old");
+    stack.seed_install(&id, "co-old", 86_399).await;
+    stack
+        .seed_install(&company("co-fine"), "co-fine", 86_399)
+        .await;
+    stack.sim.revoke(SimUserType::Company, "co-old");
+    let r = admin(&stack, &["refresh", "company#co-old"], &[]).await;
+    expect(&r, 1, "refresh of a revoked grant");
+    // As a write from before the index would have left it.
+    stack
+        .ddb
+        .update_item()
+        .table_name(&stack.table)
+        .key("pk", AttributeValue::S(id.key()))
+        .key("sk", AttributeValue::S("grant".into()))
+        .update_expression("REMOVE broken_shard, broken_since")
+        .send()
+        .await
+        .unwrap();
+    let listed = admin(&stack, &["broken", "--json"], &[]).await.json();
+    assert_eq!(listed["count"], 0, "{listed}");
+
+    let r = admin(&stack, &["index-broken", "--json"], &[]).await;
+    expect(&r, 0, "index-broken");
+    assert_eq!(r.json(), serde_json::json!({"found": 1, "indexed": 1}));
+    let listed = admin(&stack, &["broken", "--json"], &[]).await.json();
+    assert_eq!(
+        listed["installs"][0]["installId"], "company#co-old",
+        "{listed}"
+    );
+    assert_eq!(
+        listed["installs"][0]["brokenSince"],
+        stack.install(&id).await.state_changed_at
+    );
+    // Again: nothing left to do.
+    let r = admin(&stack, &["index-broken"], &[]).await;
+    assert!(
+        r.stdout.contains("0 installs not active were missing"),
+        "{}",
+        r.stdout
+    );
 }

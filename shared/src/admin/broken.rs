@@ -3,8 +3,10 @@
 //! operator should do next.
 //!
 //! Served by the sparse broken index (`broken-index`), which holds exactly
-//! the installs not `active`: one Query, however many active installs the
-//! table holds.
+//! the installs not `active`, one partition per state: a Query per state,
+//! however many active installs the table holds. The states that need an
+//! operator come first ([`ORDER`]), `uninstalled` (nothing to do, and only
+//! ever growing) last.
 
 use super::{AdminError, Report, age, table, when, when_ago};
 use crate::model::{InstallId, InstallState, now_secs};
@@ -13,6 +15,15 @@ use serde::Serialize;
 
 /// Installs read per Query page.
 const PAGE: i32 = 100;
+/// The order states are listed in: those that need someone first.
+pub const ORDER: [InstallState; 6] = [
+    InstallState::Lost,
+    InstallState::Revoked,
+    InstallState::InDoubt,
+    InstallState::Suspended,
+    InstallState::Retrying,
+    InstallState::Uninstalled,
+];
 /// Listed by default; `--limit` changes it.
 pub const DEFAULT_LIMIT: usize = 1000;
 
@@ -97,31 +108,45 @@ fn row(b: BrokenInstall) -> BrokenRow {
     }
 }
 
-/// At most `limit` installs from the broken index, optionally in one state.
+/// At most `limit` installs from the broken index, state by state in
+/// [`ORDER`] (or only `state`), the longest broken first within each.
 pub async fn broken(
     store: &Store,
     state: Option<InstallState>,
     limit: usize,
 ) -> Result<Broken, AdminError> {
     let at = now_secs();
+    let states: Vec<InstallState> = match state {
+        Some(s) => vec![s],
+        None => ORDER.to_vec(),
+    };
     let mut installs = Vec::new();
-    let mut start = None;
-    let complete = loop {
-        let page = store.broken_page(state, PAGE, start).await?;
-        for b in page.installs {
+    let mut complete = true;
+    'states: for (i, state) in states.iter().enumerate() {
+        let mut start = None;
+        loop {
             if installs.len() == limit {
+                complete = !any_left(store, &states[i..], start).await?;
+                break 'states;
+            }
+            let page = store.broken_page(*state, PAGE, start).await?;
+            let mut rest = page.installs.into_iter();
+            for b in rest.by_ref() {
+                installs.push(row(b));
+                if installs.len() == limit {
+                    break;
+                }
+            }
+            if rest.next().is_some() {
+                complete = false;
+                break 'states;
+            }
+            start = page.next;
+            if start.is_none() {
                 break;
             }
-            installs.push(row(b));
         }
-        start = page.next;
-        if start.is_none() {
-            break true;
-        }
-        if installs.len() == limit {
-            break false;
-        }
-    };
+    }
     Ok(Broken {
         count: installs.len(),
         installs,
@@ -129,6 +154,27 @@ pub async fn broken(
         state_filter: state.map(|s| s.as_str().to_owned()),
         at,
     })
+}
+
+type PageKey = Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>;
+
+/// Whether any install is left: in `states[0]` from `start`, or in the others.
+async fn any_left(
+    store: &Store,
+    states: &[InstallState],
+    mut start: PageKey,
+) -> Result<bool, AdminError> {
+    for state in states {
+        if !store
+            .broken_page(*state, 1, start.take())
+            .await?
+            .installs
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl Report for Broken {
@@ -146,7 +192,7 @@ impl Report for Broken {
                 vec![
                     r.install_id.clone(),
                     r.state.clone(),
-                    format!("{} ago", age(self.at - r.broken_since)),
+                    age(self.at - r.broken_since),
                     r.next_step.clone(),
                 ]
             })

@@ -14,9 +14,10 @@ operating installs (add --json to any of them for a JSON answer):
                               (counts read every install's state: a Scan projecting `state`
                               alone, whose cost grows with the table; `broken` is the instant one)
   broken [--state S] [--limit N]
-                              every install that is not active, longest broken first, with its
-                              reason, since when and the next step (one Query on the sparse
-                              broken-index; default limit 1000)
+                              every install that is not active, with its reason, since when and
+                              the next step; lost, revoked, in_doubt, suspended, retrying, then
+                              uninstalled, longest broken first in each (a Query per state on the
+                              sparse broken-index, never a scan; default limit 1000)
   show ID                     one install: every field but its tokens (fingerprints only), its
                               lease, doubt, due time and location links
   refresh ID                  refresh it now under the lease/journal protocol (a sweep or mint

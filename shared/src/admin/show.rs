@@ -193,10 +193,11 @@ impl Report for Shown {
             ("bulk installation", flag(self.is_bulk_installation)),
             (
                 "approved locations",
-                self.approved_locations
-                    .as_ref()
-                    .map(|l| format!("{} ({})", l.len(), l.join(", ")))
-                    .unwrap_or_else(|| "-".into()),
+                match self.approved_locations.as_deref() {
+                    None => "-".into(),
+                    Some([]) => "none".into(),
+                    Some(l) => format!("{} ({})", l.len(), l.join(", ")),
+                },
             ),
             (
                 "install to future locations",
@@ -249,14 +250,8 @@ impl Report for Shown {
             ("failures", self.failures.to_string()),
             ("version", self.version.to_string()),
             ("installed", when_ago(self.installed_at, now)),
-            (
-                "last installed",
-                format!(
-                    "{} ({} installs)",
-                    when(self.last_installed_at),
-                    self.install_count
-                ),
-            ),
+            ("last installed", when_ago(self.last_installed_at, now)),
+            ("installs", self.install_count.to_string()),
             ("refreshes", self.refresh_count.to_string()),
             ("updated", when_ago(self.updated_at, now)),
         ]);

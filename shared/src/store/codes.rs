@@ -31,17 +31,24 @@ impl Store {
     pub async fn claim_code(&self, hash: &str) -> Result<Option<CodeRecord>, StoreError> {
         let now_ms = now_millis();
         let pk = format!("code#{hash}");
+        // A nonce of this claim: when the SDK retries a put whose answer was
+        // lost, the retry finds its own claim and wins, instead of waiting on
+        // itself as if another request held the code.
+        let token = super::lease_token("claim");
         let mut item = key_of(&pk, CODE_SK);
         item.insert(attr::CODE_STATE.into(), s("pending"));
         item.insert(attr::CLAIMED_AT.into(), num(now_ms));
+        item.insert(attr::LEASE_OWNER.into(), s(&token));
         item.insert(TTL.into(), num(now_ms / 1000 + CODE_TTL_SECS));
         let res = self
             .table_op("dynamodb:PutItem")?
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
+            .condition_expression("attribute_not_exists(#pk) OR #owner = :me")
             .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#owner", attr::LEASE_OWNER)
+            .expression_attribute_values(":me", s(&token))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;

@@ -3,9 +3,10 @@
 //! every state (a Scan, for occasional use).
 //!
 //! The broken index is sparse: [`Store::set_state`] gives an install its
-//! keys (`broken_shard`, `broken_since`) in the same write that sets a state
-//! other than `active`, and removes them in the write that makes it `active`
-//! again, so it holds exactly the installs an operator may have to act on.
+//! keys (`broken_shard`: the state; `broken_since`) in the same write that
+//! sets a state other than `active`, and removes them in the write that
+//! makes it `active` again, so it holds exactly the installs an operator may
+//! have to act on, one partition per state.
 //! No function queries it: a store limited to a function's IAM policy is
 //! refused before sending (grant it in `shared::iam` and the template first).
 
@@ -13,7 +14,7 @@ use super::item::{Item, Update, attr, get_n, get_s, num, s};
 use super::{GRANT_SK, Store, StoreError, dynamo, ignore_condition_failure};
 use crate::iam::FunctionPolicy;
 use crate::model::{InstallId, InstallState};
-use crate::schema::{BROKEN_INDEX, BROKEN_PARTITION, BROKEN_SHARD, BROKEN_SINCE, DUE_AT, PK, SK};
+use crate::schema::{BROKEN_INDEX, BROKEN_SHARD, BROKEN_SINCE, DUE_AT, PK, SK};
 use std::collections::BTreeMap;
 
 /// One install of the broken index, as projected there (no table read).
@@ -46,33 +47,28 @@ fn nothing_granted(_: &FunctionPolicy) -> &[&str] {
 }
 
 impl Store {
-    /// One page of the broken index: installs not `active`, the longest
-    /// broken first, optionally only those in `state` (filtered in the
-    /// Query: still no scan).
+    /// One page of the broken index's partition of `state`: the installs in
+    /// that state, the longest broken first. One Query; no table read.
     pub async fn broken_page(
         &self,
-        state: Option<InstallState>,
+        state: InstallState,
         limit: i32,
         start: Option<Item>,
     ) -> Result<BrokenPage, StoreError> {
-        let mut q = self
+        let out = self
             .permit("dynamodb:Query", nothing_granted, "the broken index")?
             .query()
             .table_name(&self.table)
             .index_name(BROKEN_INDEX)
             .key_condition_expression("#shard = :shard")
             .expression_attribute_names("#shard", BROKEN_SHARD)
-            .expression_attribute_values(":shard", s(BROKEN_PARTITION))
+            .expression_attribute_values(":shard", s(state.as_str()))
             .scan_index_forward(true)
             .limit(limit)
-            .set_exclusive_start_key(start);
-        if let Some(state) = state {
-            q = q
-                .filter_expression("#state = :state")
-                .expression_attribute_names("#state", attr::STATE)
-                .expression_attribute_values(":state", s(state.as_str()));
-        }
-        let out = q.send().await.map_err(dynamo("Query(broken index)"))?;
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(dynamo("Query(broken index)"))?;
         let installs = out
             .items
             .unwrap_or_default()
@@ -120,7 +116,8 @@ impl Store {
 
     /// Gives the broken index's keys to installs that are not `active` and
     /// lack them (written before the index existed), one Scan page at a
-    /// time: `broken_since` is their `state_changed_at`. Each write is
+    /// time: the partition is their state, `broken_since` their
+    /// `state_changed_at`. Each write is
     /// conditioned on the state it read, so an install that became `active`
     /// meanwhile is left alone. Returns (installs examined, indexed, next page).
     pub async fn backfill_broken_page(
@@ -154,7 +151,7 @@ impl Store {
             };
             let since = get_n(item, attr::STATE_CHANGED_AT).unwrap_or(0);
             let mut u = Update::default();
-            u.set(BROKEN_SHARD, s(BROKEN_PARTITION));
+            u.set(BROKEN_SHARD, s(state));
             u.set(BROKEN_SINCE, num(since));
             let (st_n, st_v) = (u.name(attr::STATE), u.value(s(state)));
             let shard_n = u.name(BROKEN_SHARD);

@@ -34,7 +34,7 @@ use crate::crypto::{CryptoError, Keyring};
 use crate::iam::FunctionPolicy;
 use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_secs};
 use crate::redact::SecretString;
-use crate::schema::{BROKEN_PARTITION, BROKEN_SHARD, BROKEN_SINCE, DUE_AT, DUE_SHARD, PK, SK};
+use crate::schema::{BROKEN_SHARD, BROKEN_SINCE, DUE_AT, DUE_SHARD, PK, SK};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use item::{Item, Update, get_bool, get_list, get_n, get_s, key_of, num, s};
@@ -244,8 +244,9 @@ impl Store {
     /// Every write that sets an install's state goes through here (saving a
     /// grant, committing a pair, recording a state, uninstalling), so the
     /// broken index follows the state in the same write: an install not
-    /// `active` carries the index's keys (`broken_since` kept from when it
-    /// first stopped being active), an `active` one carries neither.
+    /// `active` carries the index's keys (its state as the partition, and
+    /// `broken_since` kept from when it first stopped being active), an
+    /// `active` one carries neither.
     fn set_state(&self, u: &mut Update, state: InstallState, reason: &str, now: i64) {
         u.set(attr::STATE, s(state.as_str()));
         u.set(attr::STATE_REASON, s(reason));
@@ -254,7 +255,7 @@ impl Store {
         if state == InstallState::Active {
             u.remove(BROKEN_SHARD).remove(BROKEN_SINCE);
         } else {
-            u.set(BROKEN_SHARD, s(BROKEN_PARTITION));
+            u.set(BROKEN_SHARD, s(state.as_str()));
             u.set_if_absent(BROKEN_SINCE, num(now));
         }
     }
