@@ -190,7 +190,8 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
-    /// Time kept for the journal and commit writes after HighLevel answers.
+    /// Time kept after HighLevel answers: one operation for the commit, one
+    /// for the journal written only when the commit cannot be.
     pub fn write_reserve(&self) -> Duration {
         self.aws.operation * 2
     }

@@ -15,9 +15,10 @@
 //!    the answer. HighLevel answers the same pair for the same token within
 //!    30 s, and a spent token only earns `Invalid grant`: presenting again
 //!    can only recover a pair, never cost one.
-//! 4. On success, write the new pair to the journal first, then commit it to
-//!    the install conditioned on the version (the fencing token). Either write
-//!    is retried; if the commit never lands, the journal entry is adopted later.
+//! 4. On success, commit the new pair to the install conditioned on the
+//!    version (the fencing token), retried. Only if the commit cannot be
+//!    written is the pair written to the journal, which the next holder
+//!    adopts. (See [`Refresher::persist`] for why not journal first.)
 //! 5. On `Invalid grant`, look for a newer pair (journal, then row). None:
 //!    `lost` when the token's fate was in doubt (HighLevel rotated it and the
 //!    answer never arrived), `revoked` when its previous use was confirmed.
@@ -57,7 +58,7 @@ pub struct RefreshPolicy {
     pub connect_timeout: Duration,
     /// The first presentation's whole-request timeout (the client's).
     pub request_timeout: Duration,
-    /// Time kept for the journal and commit writes after an answer.
+    /// Time kept for the commit and its journal fallback after an answer.
     pub write_reserve: Duration,
 }
 
@@ -115,11 +116,11 @@ pub enum Outcome {
         kind: &'static str,
         retry_at: i64,
     },
-    /// The install was replaced (reinstall) while this refresh was in flight;
-    /// the pair it obtained stays in the journal, superseded.
+    /// The install was replaced (reinstall or uninstall) while this refresh
+    /// was in flight; the pair it obtained belongs to the old grant.
     Superseded,
-    /// The pair is only in the journal: DynamoDB refused the commit. The next
-    /// holder adopts it.
+    /// The pair is only in the journal: the commit could not be written. The
+    /// next holder adopts it.
     Journaled,
 }
 
@@ -273,7 +274,7 @@ struct Presentation {
 impl Refresher<'_> {
     /// `slot` is one of the sweep's HighLevel slots (SWEEP_CONCURRENCY), or
     /// None outside a sweep. It is held from taking the lease until HighLevel
-    /// answers and let go before the journal and commit writes, so store
+    /// answers and let go before the commit, so store
     /// latency does not eat into HighLevel concurrency.
     pub async fn refresh(
         &self,
@@ -573,7 +574,13 @@ impl Refresher<'_> {
         Ok(Outcome::Superseded)
     }
 
-    /// Journal, then commit; each retried while the lease has time left.
+    /// Commit, retried; the journal only when the commit cannot be written.
+    ///
+    /// Writing the journal first would not shorten the time a rotated pair
+    /// lives only in memory: that is one store write either way (journal or
+    /// commit), and a holder killed inside it leaves the token to a probe.
+    /// So the journal is the commit's fallback, not its forerunner, and a
+    /// refresh costs two writes (lease, commit) instead of three.
     async fn persist(
         &self,
         install: &Install,
@@ -592,16 +599,11 @@ impl Refresher<'_> {
             }
             None => lease_end,
         };
-        let journaled = retry_until(store_until, || {
-            self.store
-                .write_journal(id, install.version + 1, &pair, self.owner)
-        })
-        .await;
-        if let Err(e) = &journaled {
-            tracing::error!(install_id = %id, error = %e, "journal write failed after a successful refresh; trying the commit directly");
-        }
+        // The write reserve is one operation for the commit and one for the
+        // journal fallback: the commit's retries leave the journal its half.
+        let fallback_ms = self.policy.write_reserve.as_millis() as i64 / 2;
         let info = grant.map(TokenGrant::info);
-        let committed = retry_until(store_until, || {
+        let committed = retry_until(store_until - fallback_ms, || {
             self.store.commit_pair(
                 id,
                 install.version,
@@ -625,7 +627,9 @@ impl Refresher<'_> {
                 Ok(Outcome::Refreshed(Box::new(updated)))
             }
             Ok(false) => {
-                // The version moved: either someone adopted our journal entry, or a reinstall replaced the grant.
+                // The version moved: a retried commit of ours landed, another
+                // holder committed the same pair (HighLevel's window), or a
+                // reinstall or uninstall replaced the grant.
                 let current = self.store.get(id).await?;
                 match current {
                     Some(c) if c.refresh_token == pair.refresh_token => {
@@ -637,13 +641,23 @@ impl Refresher<'_> {
                     }
                 }
             }
-            Err(e) if journaled.is_ok() => {
-                tracing::error!(install_id = %id, error = %e, "commit failed; the new token is safe in the journal and will be adopted");
-                Ok(Outcome::Journaled)
-            }
-            Err(e) => {
-                tracing::error!(install_id = %id, error = %e, alarm = true, "rotated token could not be stored; the next holder probes the old one");
-                Err(RefreshError::Unstored(id.to_string()))
+            Err(commit_error) => {
+                tracing::error!(install_id = %id, error = %commit_error, "commit failed after a successful refresh; writing the pair to the journal");
+                let journaled = retry_until(store_until, || {
+                    self.store
+                        .write_journal(id, install.version + 1, &pair, self.owner)
+                })
+                .await;
+                match journaled {
+                    Ok(()) => {
+                        tracing::error!(install_id = %id, "the new token is safe in the journal and will be adopted by the next holder");
+                        Ok(Outcome::Journaled)
+                    }
+                    Err(e) => {
+                        tracing::error!(install_id = %id, error = %e, alarm = true, "rotated token could not be stored; the next holder probes the old one");
+                        Err(RefreshError::Unstored(id.to_string()))
+                    }
+                }
             }
         }
     }

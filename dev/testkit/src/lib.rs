@@ -148,6 +148,8 @@ struct Shared {
     invocations: Mutex<Invocations>,
     queued: Notify,
     stop: watch::Sender<bool>,
+    /// Set by the first `/next` poll: the process finished its cold start.
+    polled: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ impl RuntimeApi {
             invocations: Mutex::new(Invocations::default()),
             queued: Notify::new(),
             stop,
+            polled: watch::Sender::new(false),
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
@@ -220,6 +223,14 @@ impl RuntimeApi {
     /// `127.0.0.1:PORT`, the value for `AWS_LAMBDA_RUNTIME_API`.
     pub fn address(&self) -> String {
         self.address.clone()
+    }
+
+    /// Waits for the first `/next` poll: a function is ready (its cold start
+    /// is over) when it first asks for work.
+    pub async fn polled(&self) {
+        let mut polled = self.shared.polled.subscribe();
+        // The sender lives in `shared`, which outlives this borrow.
+        let _ = polled.wait_for(|p| *p).await;
     }
 
     /// Invokes with [`InvokeOptions::default`] (60 s deadline).
@@ -306,6 +317,7 @@ fn header_value(what: &str, text: &str) -> HeaderValue {
 }
 
 async fn next_invocation(State(shared): State<Arc<Shared>>) -> Response {
+    shared.polled.send_if_modified(|p| !std::mem::replace(p, true));
     let mut stop = shared.stop.subscribe();
     loop {
         // Registered before looking at the queue, so an invoke that lands in

@@ -6,7 +6,7 @@
 
 use ghl_sim::{ConsentTarget, Delivery, Sim, SimConfig, UserType as SimUserType};
 use serde_json::{Value, json};
-use shared::model::{InstallId, InstallState, now_millis};
+use shared::model::{InstallId, InstallState, TokenPair, now_millis};
 use shared::store::LinkState;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -730,8 +730,8 @@ async fn uninstall_erases_the_grants_and_the_mint_and_sweep_stand_down() {
             .expect("the sweep answers")
     };
 
-    // co-u: a company grant near expiry (the first mint refreshes it, so it
-    // has journal entries too) and two minted location grants.
+    // co-u: a company grant near expiry (the first mint refreshes it) and
+    // two minted location grants; the company also gets a journal entry.
     let company = InstallId::Company("co-u".into());
     stack.seed_install(&company, "co-u", 300).await;
     sim.add_locations("co-u", &[("loc-u1", "U1"), ("loc-u2", "U2")]);
@@ -767,12 +767,29 @@ async fn uninstall_erases_the_grants_and_the_mint_and_sweep_stand_down() {
         plain.push(i.access_token.expose().to_owned());
         plain.push(i.refresh_token.expose().to_owned());
     }
+    // A journal entry as a commit whose answer timed out (but which landed)
+    // leaves it: the pair written to the journal as the fallback.
+    let current = stack.install(&company).await;
+    stack
+        .store()
+        .write_journal(
+            &company,
+            current.version,
+            &TokenPair {
+                access_token: current.access_token.clone(),
+                refresh_token: current.refresh_token.clone(),
+                expires_at: current.expires_at,
+            },
+            "commit-fallback",
+        )
+        .await
+        .expect("journal written");
     let items = stack.items().await;
     assert!(
         items_of(&items, std::slice::from_ref(&company))
             .iter()
             .any(|i| i["sk"].as_s().unwrap().starts_with("journal#")),
-        "the company's refresh left a journal entry"
+        "the company has a journal entry"
     );
     let sealed = sealed_tokens(&items_of(&items, &gone));
     assert!(

@@ -33,7 +33,11 @@ impl From<FunctionError> for Diagnostic {
     }
 }
 
-#[tokio::main]
+// One thread: the work is waiting on HighLevel and DynamoDB, and a
+// multi-thread runtime spent more CPU handing tasks between threads (futex
+// wake-ups) than the refreshes themselves; Lambda gives small functions a
+// fraction of one vCPU anyway.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     shared::metrics::enable();

@@ -1,4 +1,5 @@
-//! The journal: a rotated pair made durable before it is committed.
+//! The journal: where a rotated pair goes when its commit cannot be written,
+//! for the next holder to adopt.
 
 use super::item::{attr, get_n, get_s, key_of, num, s};
 use super::{Store, StoreError, dynamo};
@@ -10,7 +11,7 @@ const JOURNAL_PREFIX: &str = "journal#";
 /// Journal entries outlive any sweep that could need them by far.
 const JOURNAL_TTL_SECS: i64 = 30 * 86_400;
 
-/// A journal entry: a rotated pair made durable before it is committed.
+/// A journal entry: a rotated pair whose commit could not be written.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
     pub version: u64,
@@ -19,7 +20,7 @@ pub struct JournalEntry {
 }
 
 impl Store {
-    /// Makes a rotated pair durable before anything else happens. Keyed by the
+    /// Makes a rotated pair durable when its commit failed. Keyed by the
     /// version it will become; only one refresh of a token can succeed, so at
     /// most one pair exists per version and a retried put is harmless.
     pub async fn write_journal(
