@@ -6,8 +6,10 @@ conditional writes to one item can both pass their condition (seen here
 about once in a hundred races of twelve writers). The lease and version
 fencing this project relies on are exactly such writes, so the tests run
 against this wrapper, which serialises requests (connections stay
-concurrent and keep-alive). Python's GIL already kept moto to one core,
-so little throughput is lost.
+concurrent). Python's GIL already kept moto to one core, so little
+throughput is lost. werkzeug answers every request with `Connection:
+close`, so each call is a new connection: fine for tests, wrong for
+measuring CPU per request (the benchmarks use dev/dynalite.sh for DynamoDB).
 
     python3 dev/moto_server.py <port>
 """

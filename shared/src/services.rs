@@ -41,9 +41,17 @@ impl Services {
     /// The same, unrestricted: for the operator's admin tool, which runs
     /// with the operator's own credentials.
     pub async fn load_admin(common: &CommonConfig) -> Result<Self, InitError> {
+        // The HighLevel client loads the system's trust roots when built: a
+        // few milliseconds of CPU, spent on another thread while the secret
+        // is on its way rather than after it.
+        let ghl_cfg = common.ghl.clone();
+        let ghl = tokio::task::spawn_blocking(move || GhlClient::new(&ghl_cfg));
         let sdk = crate::aws::sdk_config_with(&common.aws).await;
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
         let app = AppSecret::load(&secrets, &common.app_secret_id).await?;
+        let ghl = ghl.await.map_err(|e| {
+            GhlError::Unreachable(format!("HTTP client set-up did not finish: {e}"))
+        })??;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let store = Store::new(
             ddb,
@@ -51,7 +59,6 @@ impl Services {
             app.keyring.clone(),
             common.due.clone(),
         );
-        let ghl = GhlClient::new(&common.ghl)?;
         let events = crate::events::Events::new(
             aws_sdk_eventbridge::Client::new(&sdk),
             common.event_bus.clone(),

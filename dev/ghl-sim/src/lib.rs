@@ -103,6 +103,9 @@ pub struct SeedGrant {
 #[serde(rename_all = "camelCase", default)]
 pub struct Faults {
     pub latency_ms: u64,
+    /// Each request's latency is drawn uniformly from `latency_ms` ±
+    /// this, as a real server's varies: the mean stays `latency_ms`.
+    pub latency_jitter_ms: u64,
     pub error_5xx_rate: f64,
     pub rate_limit_rate: f64,
     pub drop_rate: f64,
@@ -933,14 +936,19 @@ impl Shared {
     /// Decides the fault for one API request: a queued one first, else the standing ones.
     fn decide(&self) -> (u64, Option<Fault>) {
         let mut f = lock(&self.faults);
-        let standing_latency = f.0.latency_ms;
+        let mut rng = rand::rng();
+        let jitter = f.0.latency_jitter_ms.min(f.0.latency_ms);
+        let standing_latency = if jitter > 0 {
+            rng.random_range(f.0.latency_ms - jitter..=f.0.latency_ms + jitter)
+        } else {
+            f.0.latency_ms
+        };
         if let Some(q) = f.1.pop_front() {
             return match q {
                 Fault::Latency { ms } => (ms, None),
                 other => (standing_latency, Some(other)),
             };
         }
-        let mut rng = rand::rng();
         let roll: f64 = rng.random();
         let (e, r, d) = (f.0.error_5xx_rate, f.0.rate_limit_rate, f.0.drop_rate);
         let (ea, o) = (f.0.error_5xx_after_rotate_rate, f.0.odd_metadata_rate);

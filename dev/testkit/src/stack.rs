@@ -146,7 +146,7 @@ impl Stack {
 
     /// The environment every function process gets; `extra` overrides.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("AWS_ENDPOINT_URL".into(), aws_endpoint()),
             ("AWS_ACCESS_KEY_ID".into(), "test".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
@@ -167,7 +167,12 @@ impl Stack {
             ("AWS_OPERATION_TIMEOUT_MS".into(), "4000".into()),
             ("DUE_SHARDS".into(), self.shards.to_string()),
             ("RUST_LOG".into(), "info".into()),
-        ]
+        ];
+        // DynamoDB elsewhere than moto (dev/dynalite.sh), as the SDK reads it.
+        if let Ok(url) = std::env::var("AWS_ENDPOINT_URL_DYNAMODB") {
+            env.push(("AWS_ENDPOINT_URL_DYNAMODB".into(), url));
+        }
+        env
     }
 
     /// Starts a function binary of this workspace against this stack, polling `self.api`.
