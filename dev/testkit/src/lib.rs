@@ -317,7 +317,9 @@ fn header_value(what: &str, text: &str) -> HeaderValue {
 }
 
 async fn next_invocation(State(shared): State<Arc<Shared>>) -> Response {
-    shared.polled.send_if_modified(|p| !std::mem::replace(p, true));
+    shared
+        .polled
+        .send_if_modified(|p| !std::mem::replace(p, true));
     let mut stop = shared.stop.subscribe();
     loop {
         // Registered before looking at the queue, so an invoke that lands in

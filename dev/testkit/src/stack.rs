@@ -535,3 +535,72 @@ fn sim_grant(
     };
     (pair, info)
 }
+
+/// What a [`store_fault_proxy`] is asked about each request: the
+/// operation (`UpdateItem`, from `X-Amz-Target`) and the request body.
+pub type StoreFault = dyn Fn(&str, &[u8]) -> bool + Send + Sync;
+
+/// A DynamoDB endpoint for one test: requests pass through to the real one
+/// (moto, or `AWS_ENDPOINT_URL_DYNAMODB`), except those `fail` picks, which
+/// get DynamoDB's `InternalServerError` (500) and never reach the store.
+/// Pass it to a function as `AWS_ENDPOINT_URL_DYNAMODB`.
+pub async fn store_fault_proxy(fail: Arc<StoreFault>) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap_or_else(|_| aws_endpoint());
+    let client = reqwest::Client::new();
+    let handler = move |headers: HeaderMap, body: Bytes| {
+        let (fail, client, upstream) = (fail.clone(), client.clone(), upstream.clone());
+        async move {
+            let op = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|t| t.rsplit('.').next())
+                .unwrap_or("")
+                .to_owned();
+            if fail(&op, &body) {
+                let error = json!({
+                    "__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                    "message": "injected by the test's store fault proxy"
+                });
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [("content-type", "application/x-amz-json-1.0")],
+                    error.to_string(),
+                )
+                    .into_response();
+            }
+            let mut req = client.post(&upstream).body(body);
+            for (name, value) in &headers {
+                if name != "host" && name != "content-length" {
+                    req = req.header(name, value);
+                }
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = StatusCode::from_u16(resp.status().as_u16())
+                        .unwrap_or(StatusCode::BAD_GATEWAY);
+                    let mut out = HeaderMap::new();
+                    for (name, value) in resp.headers() {
+                        if name != "content-length" && name != "connection" {
+                            out.insert(name.clone(), value.clone());
+                        }
+                    }
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    (status, out, bytes).into_response()
+                }
+                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            }
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("proxy binds");
+    let address = listener.local_addr().expect("proxy address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}")
+}

@@ -77,6 +77,7 @@ async fn chaos(grace_secs: u64) {
     }
     stack.sim.set_faults(Faults {
         latency_ms: 20,
+        latency_jitter_ms: 15,
         error_5xx_rate: 0.05,
         error_5xx_after_rotate_rate: 0.03,
         rate_limit_rate: 0.05,

@@ -14,8 +14,9 @@ use ghl_sim::{Chain, Fault, Faults, Ledger, SimConfig};
 use serde_json::Value;
 use shared::model::{InstallId, InstallState, now_millis, now_secs};
 use shared::store::{Install, LeaseOutcome, LeaseWhen, StateChange, lease_token};
+use std::sync::Arc;
 use std::time::Duration;
-use testkit::stack::{Stack, scheduled_event};
+use testkit::stack::{Stack, StoreFault, scheduled_event, store_fault_proxy};
 use testkit::{FunctionProcess, InvokeError, InvokeOptions};
 
 async fn sweep(stack: &Stack, deadline: Duration) -> Result<Value, InvokeError> {
@@ -789,4 +790,88 @@ async fn a_minted_grant_revoked_behind_our_back_is_minted_again_by_the_sweep() {
         .collect();
     assert!(held.is_empty(), "mint lock left held: {held:?}");
     stack.assert_logs_clean(&f.logs(), &[]).await;
+}
+
+/// The journal is the commit's fallback: a commit that cannot be written
+/// (every attempt refused by the store) puts the rotated pair in the
+/// journal, and the next holder, finding the lease abandoned, adopts it
+/// without presenting the spent token again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_cannot_be_written_goes_to_the_journal_and_is_adopted() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("commit-refused".into());
+    let seeded = stack.seed_install(&id, "commit-refused", 60).await;
+    // The commit is the one UpdateItem that counts refreshes.
+    let refuse_commits: Arc<StoreFault> = Arc::new(|op: &str, body: &[u8]| {
+        op == "UpdateItem" && String::from_utf8_lossy(body).contains("refresh_count")
+    });
+    let proxy = store_fault_proxy(refuse_commits).await;
+    // Short timeouts and lease, so the commit's retries and the lease both
+    // end within the test.
+    let tight = [
+        ("GHL_REPRESENT_WINDOW_MS", "0"),
+        ("GHL_CONNECT_TIMEOUT_MS", "1000"),
+        ("GHL_HTTP_TIMEOUT_MS", "2000"),
+        ("AWS_ATTEMPT_TIMEOUT_MS", "1000"),
+        ("AWS_OPERATION_TIMEOUT_MS", "1000"),
+        ("LEASE_SECS", "6"),
+    ];
+    let mut env: Vec<(&str, &str)> = tight.to_vec();
+    env.push(("AWS_ENDPOINT_URL_DYNAMODB", proxy.as_str()));
+    let mut refused = stack.spawn("refresh-sweep", &env);
+    let summary = sweep_ok(&stack, &refused, Duration::from_secs(12)).await;
+    assert_eq!(summary["journaled"], 1, "{summary}");
+    assert_eq!(summary["unstored"], 0, "{summary}");
+    refused.kill().await;
+    let held = stack.install(&id).await;
+    assert_eq!(held.version, seeded.version, "the commit never landed");
+    assert!(
+        held.refresh_token.expose() == seeded.refresh_token.expose(),
+        "the row still has the spent token"
+    );
+    let entry = stack
+        .store()
+        .newer_journal(&id, seeded.version)
+        .await
+        .expect("journal read")
+        .expect("the rotated pair is in the journal");
+    assert!(
+        entry.pair.refresh_token.expose()
+            == newest_chain(&stack.sim.ledger(), &id).newest_refresh_token,
+        "the journal holds HighLevel's newest token"
+    );
+
+    // The next sweep, with a working store, once the lease has lapsed.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let f = stack.spawn("refresh-sweep", &tight);
+    let summary = sweep_ok(&stack, &f, Duration::from_secs(20)).await;
+    assert_eq!(summary["recovered"], 1, "{summary}");
+    let adopted = assert_active_on_newest(&stack, &id).await;
+    assert!(adopted.version > seeded.version);
+    assert_eq!(
+        stack.sim.ledger().presented_twice(),
+        0,
+        "the spent token was never presented again"
+    );
+}
+
+/// A refresh whose commit lands writes no journal entry: the lease and the
+/// commit are its only writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_committed_refresh_leaves_no_journal_entry() {
+    let stack = Stack::new().await;
+    let ids = stack.seed_many("no-journal", 5, 60).await;
+    let f = stack.spawn("refresh-sweep", &[]);
+    let summary = sweep_ok(&stack, &f, Duration::from_secs(30)).await;
+    assert_eq!(summary["refreshed"], 5, "{summary}");
+    for id in &ids {
+        assert_active_on_newest(&stack, id).await;
+    }
+    let journal: Vec<_> = stack
+        .items()
+        .await
+        .into_iter()
+        .filter(|i| i["sk"].as_s().is_ok_and(|sk| sk.starts_with("journal#")))
+        .collect();
+    assert!(journal.is_empty(), "{} journal entries", journal.len());
 }

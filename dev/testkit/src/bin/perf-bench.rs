@@ -29,7 +29,7 @@
 use ghl_sim::Faults;
 use serde_json::{Value, json};
 use shared::model::InstallId;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,7 +99,7 @@ async fn cold_start(stack: &Stack, bin: &str, n: u64) -> Dist {
     dist(starts)
 }
 
-fn node_command(dir: &PathBuf, sim: &str, refreshes: u64) -> tokio::process::Command {
+fn node_command(dir: &Path, sim: &str, refreshes: u64) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("node");
     c.arg(dir.join("sdk-bench.mjs"))
         .args(["--sim", sim, "--concurrency", "8"])
@@ -133,7 +133,7 @@ struct NodeFigures {
     version: String,
 }
 
-async fn node_sdk(dir: &PathBuf, sim: &str, refreshes: u64, cold: u64) -> NodeFigures {
+async fn node_sdk(dir: &Path, sim: &str, refreshes: u64, cold: u64) -> NodeFigures {
     let mut readies = Vec::new();
     for _ in 0..cold.min(5) {
         let t = Instant::now();
