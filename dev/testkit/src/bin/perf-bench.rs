@@ -517,11 +517,13 @@ fn render(r: &Report<'_>) -> String {
             },
         );
         t.push_str(&format!(
-            "| refresh-sweep at concurrency {}, {} installs: rate ÷ (concurrency ÷ {} ms) ({:.1}/s). Store, seen from a client: GetItem p50 / p99 {:.1} / {:.1} ms; its own: {stand_in} | {:.2} | | | ≥ 0.9 |\n",
+            "| refresh-sweep at concurrency {}, {} installs: rate ÷ (concurrency ÷ {} ms) ({:.1}/s; {:.3} ms CPU per refresh, {:.1} MiB peak RSS). Store, seen from a client: GetItem p50 / p99 {:.1} / {:.1} ms; its own: {stand_in} | {:.2} | | | ≥ 0.9 |\n",
             run.concurrency,
             run.refreshed,
             r.latency_ms,
             run.rate,
+            run.cpu_ms_per_refresh,
+            run.peak_rss_mib,
             run.store.p50,
             run.store.p99,
             run.ratio,
