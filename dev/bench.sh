@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks: print figures, assert nothing about speed.
 #
-#   dev/bench.sh                 sweep at 10,000 and 100,000 installs, then token-mint, then slow
-#   dev/bench.sh sweep|mint|slow one of them
+#   dev/bench.sh                 sweep at 10,000 and 100,000 installs, then slow
+#   dev/bench.sh sweep|slow      one of them
+#
+# token-mint's cache hits and every function's cold start are measured by
+# dev/perf.sh (beside HighLevel's Node SDK), not here.
 #
 # Sweep: refresh-sweep (release build, the binary that ships) over N due
 # installs with 200 ms of injected HighLevel latency; prints refreshes/s, the
@@ -15,8 +18,6 @@
 # against a strict HighLevel and one with the 30 s same-token window. Knobs:
 # BENCH_SLOW_INSTALLS (1000), BENCH_SLOW_SECS (180), BENCH_SLOW_MS (2500),
 # BENCH_PERIOD_SECS (30: the schedule, compressed).
-# Mint: cache-hit latency and CPU per mint against one DynamoDB read, and
-# cold start. Knobs: BENCH_MINTS (1000), BENCH_COLD_STARTS (10).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -24,7 +25,7 @@ cd "$ROOT"
 what=${1:-all}
 start_moto
 log "building release binaries (the deploy profile)"
-cargo build --release --locked -p refresh-sweep -p token-mint -p testkit --bins
+cargo build --release --locked -p refresh-sweep -p testkit --bin sweep-bench --bin slow-bench --bin refresh-sweep
 RELEASE="$(target_dir)/release"
 
 if [[ $what == all || $what == sweep ]]; then
@@ -32,10 +33,6 @@ if [[ $what == all || $what == sweep ]]; then
     log "sweep benchmark: $n installs"
     "$RELEASE"/sweep-bench "$n" "${BENCH_CONCURRENCY:-4}" "${BENCH_LATENCY_MS:-200}"
   done
-fi
-if [[ $what == all || $what == mint ]]; then
-  log "token-mint benchmark"
-  "$RELEASE"/mint-bench "${BENCH_MINTS:-1000}" "${BENCH_COLD_STARTS:-10}"
 fi
 if [[ $what == all || $what == slow ]]; then
   for grace in 30 0; do
