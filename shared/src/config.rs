@@ -614,8 +614,11 @@ pub struct WebhookConfig {
     /// The legacy `x-wh-signature` key (PKCS#1 RSAPublicKey); None: that
     /// scheme is refused.
     pub rsa_public_key: Option<Vec<u8>>,
-    /// How far an event's `timestamp` may be from now.
-    pub replay_window: Duration,
+    /// How old an event's `timestamp` may be: HighLevel's whole retry
+    /// schedule (12 retries with exponential backoff) resends the original.
+    pub max_age: Duration,
+    /// How far ahead of our clock an event's `timestamp` may be.
+    pub max_skew: Duration,
     /// The marketplace app id events must carry, when the app secret does
     /// not hold `app_id`.
     pub app_id: Option<String>,
@@ -647,13 +650,29 @@ impl WebhookConfig {
                     })
             })
             .transpose()?;
+        if env.optional("WEBHOOK_REPLAY_WINDOW_SECS").is_some() {
+            // Its 5-minute default refused HighLevel's own retries; a deploy
+            // still setting it would silently get the new default instead.
+            return Err(ConfigError::Invalid {
+                var: "WEBHOOK_REPLAY_WINDOW_SECS",
+                expected: "unset: use WEBHOOK_MAX_AGE_SECS (how old a retried event may be) and WEBHOOK_MAX_SKEW_SECS",
+                reason: "it is no longer read".into(),
+            });
+        }
         Ok(Self {
-            replay_window: Duration::from_secs(env.number(
-                "WEBHOOK_REPLAY_WINDOW_SECS",
+            max_age: Duration::from_secs(env.number(
+                "WEBHOOK_MAX_AGE_SECS",
+                172_800u64,
+                3_600,
+                2_592_000,
+                "seconds, 3600 to 2592000 (1 hour to 30 days; HighLevel retries for about two days)",
+            )?),
+            max_skew: Duration::from_secs(env.number(
+                "WEBHOOK_MAX_SKEW_SECS",
                 300u64,
-                30,
-                3600,
-                "seconds, 30 to 3600",
+                0,
+                3_600,
+                "seconds, 0 to 3600",
             )?),
             app_id: env.optional("GHL_APP_ID"),
             public_key,

@@ -60,7 +60,7 @@ impl StateChanged {
             from: from.map(InstallState::as_str),
             to: to.as_str(),
             reason: reason.chars().take(500).collect(),
-            at: crate::mint::rfc3339(now_secs()),
+            at: crate::model::rfc3339(now_secs()),
         }
     }
 }

@@ -11,7 +11,10 @@
 
 use crate::events::StateChanged;
 use crate::ghl::{GhlError, InstalledLocation};
-use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_millis, now_secs};
+use crate::model::{
+    GrantInfo, InstallId, InstallState, LifecycleEvent, TokenPair, UserType, now_millis, now_secs,
+    rfc3339, rfc3339_ms,
+};
 use crate::redact::SecretString;
 use crate::refresh::{Outcome, ReconnectSwitch, RefreshError, RefreshPolicy, Refresher};
 use crate::services::Services;
@@ -236,16 +239,6 @@ fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Er
     ser.serialize_str(s.expose())
 }
 
-pub(crate) fn rfc3339(epoch: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(epoch)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 impl MintResponse {
     fn from_install(i: &Install, location_id: &str, source: &'static str) -> Self {
         Self {
@@ -401,28 +394,14 @@ impl Minter<'_> {
         // Past the cache: an uninstall HighLevel told us about is answered
         // as such, never papered over with a stale or freshly minted token.
         let link = self.svc.store.link_of(loc).await?;
-        let uninstalled_at = match (&link, &cached) {
-            (Some(l), _) if l.state == LinkState::Uninstalled => Some(l.at_ms / 1000),
-            // An erased minted grant counts unless a newer link says installed.
-            (Some(l), Some(c))
-                if c.state == InstallState::Uninstalled && l.at_ms / 1000 <= c.state_changed_at =>
-            {
-                Some(c.state_changed_at)
-            }
-            (None, Some(c)) if c.state == InstallState::Uninstalled => Some(c.state_changed_at),
-            _ => None,
-        };
-        if let Some(at) = uninstalled_at {
-            let company = req
-                .company_id
-                .clone()
-                .or_else(|| link.as_ref().map(|l| l.company_id.clone()));
-            if !self.installed_since(loc, company.as_deref(), at).await? {
-                return Err(MintError::AppUninstalled(format!(
-                    "the app was uninstalled from location {loc} (at {}); it must be installed again before tokens can be served",
-                    rfc3339(at)
-                )));
-            }
+        if let Some(at_ms) = self
+            .uninstalled_at(loc, req, link.as_ref(), cached.as_ref())
+            .await?
+        {
+            return Err(MintError::AppUninstalled(format!(
+                "the app was uninstalled from location {loc} (at {}); it must be installed again before tokens can be served",
+                rfc3339_ms(at_ms)
+            )));
         }
         if let Some((own, _)) = self
             .fresh_grant(&InstallId::Location(loc.clone()), min)
@@ -450,30 +429,45 @@ impl Minter<'_> {
         self.mint_from_company(loc, &company_id, min).await
     }
 
-    /// Whether the app was installed again after an uninstall at `at`
-    /// (epoch s): the location's own grant, or the company's, is live and
-    /// newer. Then the uninstall no longer stands in the way.
-    async fn installed_since(
+    /// When the app was uninstalled from `loc`, if the newest lifecycle
+    /// event on record for it is an uninstall: its link, its own grant, its
+    /// minted grant, and its company's grant (an agency that installed again
+    /// after a location's uninstall may have it back there; HighLevel then
+    /// answers the mint). Event times only, never processing times, so an
+    /// uninstall and a reinstall a millisecond apart are told apart.
+    async fn uninstalled_at(
         &self,
         loc: &str,
-        company: Option<&str>,
-        at: i64,
-    ) -> Result<bool, MintError> {
-        let mut ids = vec![InstallId::Location(loc.to_owned())];
-        ids.extend(
-            company
-                .filter(|c| !c.is_empty())
-                .map(|c| InstallId::Company(c.to_owned())),
-        );
-        for id in ids {
-            if let Some(i) = self.svc.store.get(&id).await?
-                && i.state.is_refreshable()
-                && i.last_installed_at > at
-            {
-                return Ok(true);
-            }
+        req: &MintRequest,
+        link: Option<&LocationLink>,
+        minted: Option<&Install>,
+    ) -> Result<Option<i64>, MintError> {
+        let link_uninstalled = link.is_some_and(|l| l.state == LinkState::Uninstalled);
+        let minted_uninstalled = minted.is_some_and(|m| m.state == InstallState::Uninstalled);
+        if !link_uninstalled && !minted_uninstalled {
+            return Ok(None);
         }
-        Ok(false)
+        let mut events: Vec<LifecycleEvent> = Vec::new();
+        events.extend(link.map(|l| LifecycleEvent {
+            at_ms: l.at_ms,
+            uninstall: l.state == LinkState::Uninstalled,
+        }));
+        let company = req
+            .company_id
+            .clone()
+            .or_else(|| link.map(|l| l.company_id.clone()))
+            .filter(|c| !c.is_empty());
+        let mut grants: Vec<Install> = minted.cloned().into_iter().collect();
+        for id in std::iter::once(InstallId::Location(loc.to_owned()))
+            .chain(company.map(InstallId::Company))
+        {
+            grants.extend(self.svc.store.get(&id).await?);
+        }
+        events.extend(grants.iter().map(|g| LifecycleEvent {
+            at_ms: g.lifecycle_at_ms,
+            uninstall: g.state == InstallState::Uninstalled,
+        }));
+        Ok(LifecycleEvent::uninstalled_at(&events))
     }
 
     /// A request naming a company must match the stored grant's company.
@@ -515,7 +509,7 @@ impl Minter<'_> {
         if stored.state == InstallState::Uninstalled {
             return Err(MintError::AppUninstalled(format!(
                 "company {company_id} uninstalled the app (at {}); it must be installed again before tokens can be minted",
-                rfc3339(stored.state_changed_at)
+                rfc3339_ms(stored.lifecycle_at_ms)
             )));
         }
         if !stored.state.is_refreshable() {

@@ -375,9 +375,66 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// One install or uninstall of the app on a location or company, at its
+/// event time (HighLevel's for a webhook, ours for a code exchange or mint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    pub at_ms: i64,
+    pub uninstall: bool,
+}
+
+impl LifecycleEvent {
+    /// The time of the uninstall that stands, if the newest event is one.
+    /// At equal times the install wins: keeping a grant is the safe side.
+    pub fn uninstalled_at(events: &[LifecycleEvent]) -> Option<i64> {
+        events
+            .iter()
+            .max_by_key(|e| (e.at_ms, !e.uninstall))
+            .filter(|e| e.uninstall)
+            .map(|e| e.at_ms)
+    }
+}
+
+/// Epoch seconds as RFC 3339 ("" when out of range).
+pub fn rfc3339(epoch_secs: i64) -> String {
+    rfc3339_ms(epoch_secs.saturating_mul(1000))
+}
+
+/// Epoch milliseconds as RFC 3339, with milliseconds when there are any.
+pub fn rfc3339_ms(epoch_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(epoch_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_lifecycle_event_decides_and_an_install_wins_a_tie() {
+        let ev = |at_ms, uninstall| LifecycleEvent { at_ms, uninstall };
+        assert_eq!(LifecycleEvent::uninstalled_at(&[]), None);
+        assert_eq!(
+            LifecycleEvent::uninstalled_at(&[ev(1_000, false), ev(2_000, true)]),
+            Some(2_000)
+        );
+        // A reinstall one millisecond after the uninstall, in the same second.
+        assert_eq!(
+            LifecycleEvent::uninstalled_at(&[ev(2_000, true), ev(2_001, false)]),
+            None
+        );
+        assert_eq!(
+            LifecycleEvent::uninstalled_at(&[ev(2_000, true), ev(2_000, false)]),
+            None
+        );
+        assert_eq!(rfc3339_ms(1_796_051_568_123), "2026-11-30T15:12:48.123Z");
+        assert_eq!(rfc3339(1_796_051_568), "2026-11-30T15:12:48Z");
+    }
 
     #[test]
     fn install_keys_round_trip() {

@@ -4,19 +4,31 @@
 //! Order of checks, each refusing with nothing changed: the body's size, the
 //! signature over the exact raw bytes (`x-ghl-signature`, Ed25519; the
 //! legacy `x-wh-signature`, RSA-SHA256, only when configured), the JSON, the
-//! `appId`, the `timestamp` against the replay window, and the `webhookId`
-//! against the ones already processed. Then the event is applied; every
-//! effect is idempotent and ordered by the event's time, and the webhook id
-//! is recorded (a conditional write with a TTL) only once the effects are
-//! stored, so a failure answers 5xx and HighLevel's retry applies it again.
+//! `appId`, and the `timestamp`'s age. A `webhookId` already applied is a
+//! duplicate: answered 2xx, nothing changed.
+//!
+//! HighLevel retries any non-2xx delivery up to 12 times with exponential
+//! backoff, with the same payload (so the same `timestamp`), and pauses a URL
+//! whose success rate stays under 90 %. So the accepted age covers the whole
+//! retry schedule (`WEBHOOK_MAX_AGE_SECS`, 48 hours by default; the future
+//! only by clock skew), ids are remembered twice as long, and a redelivery
+//! is a success, not a failure. An old timestamp is safe to accept because
+//! nothing is applied on its say-so alone: the signature covers the exact
+//! bytes (the timestamp and id included), an id is applied once, and every
+//! effect is ordered by event time per grant and per link
+//! ([`crate::store::Store::uninstall`], [`crate::store::Store::set_link`],
+//! [`crate::store::Store::set_plan`]): an event older than what a grant or
+//! link already holds changes nothing. The webhook id is recorded only once
+//! the effects are stored, so a failure answers 5xx and HighLevel's retry
+//! applies the event again.
 
 use crate::config::WebhookConfig;
 use crate::events::StateChanged;
 use crate::model::{InstallId, InstallState, now_millis};
 use crate::services::Services;
-use crate::store::{LinkState, LocationLink, StoreError};
+use crate::store::{LinkState, LocationLink, StoreError, UninstallWrite};
 use base64::Engine;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The largest body read: HighLevel's install events are under 2 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -34,11 +46,13 @@ pub enum WebhookError {
     #[error("the event is for app {got:?}, not this app")]
     WrongApp { got: String },
     #[error(
-        "the event's timestamp is {age_secs} s away from now; at most {window_secs} s are accepted (replay protection)"
+        "the event's timestamp is {age_secs} s old; at most {max_age_secs} s are accepted (HighLevel's retries end well before)"
     )]
-    Stale { age_secs: i64, window_secs: u64 },
-    #[error("webhook {0} was already processed")]
-    Replayed(String),
+    Stale { age_secs: i64, max_age_secs: u64 },
+    #[error(
+        "the event's timestamp is {ahead_secs} s in the future; at most {max_skew_secs} s of clock skew are accepted"
+    )]
+    FromTheFuture { ahead_secs: i64, max_skew_secs: u64 },
     #[error("storage failed: {0}; the event was not applied, retry")]
     Store(#[from] StoreError),
 }
@@ -53,7 +67,7 @@ impl WebhookError {
             Self::Malformed(_) => "Malformed",
             Self::WrongApp { .. } => "WrongApp",
             Self::Stale { .. } => "Stale",
-            Self::Replayed(_) => "Replayed",
+            Self::FromTheFuture { .. } => "FromTheFuture",
             Self::Store(_) => "Storage",
         }
     }
@@ -68,24 +82,30 @@ pub enum Applied {
         location_id: String,
     },
     /// A company install: its grant arrives through the OAuth callback.
-    CompanyInstalled {
-        company_id: String,
-    },
+    CompanyInstalled { company_id: String },
     /// Grants marked `uninstalled` and erased, and locations unlinked.
+    /// `kept`: grants or locations a newer install holds, left alone.
     Uninstalled {
         target: String,
         grants: usize,
         locations: usize,
+        kept: usize,
     },
+    /// The plan was stored on these grants, and kept for grants to come.
     PlanChanged {
         target: String,
         plan_id: String,
+        grants: Vec<String>,
     },
+    /// Older than what the target already holds (a late or out-of-order
+    /// delivery): nothing changed.
+    Older { target: String, newer_at_ms: i64 },
+    /// This `webhookId` was applied before (HighLevel's retry of a delivery
+    /// whose answer it did not get): nothing changed.
+    Duplicate,
     /// A type this project does not act on (acknowledged, so HighLevel does
     /// not retry it).
-    Ignored {
-        kind: String,
-    },
+    Ignored { kind: String },
 }
 
 impl Applied {
@@ -94,9 +114,48 @@ impl Applied {
             Self::LocationInstalled { .. } => "location_installed",
             Self::CompanyInstalled { .. } => "company_installed",
             Self::Uninstalled { .. } => "uninstalled",
+            Self::PlanChanged { grants, .. } if grants.is_empty() => "plan_kept",
             Self::PlanChanged { .. } => "plan_changed",
+            Self::Older { .. } => "older",
+            Self::Duplicate => "duplicate",
             Self::Ignored { .. } => "ignored",
         }
+    }
+
+    /// The answer's body: the outcome's name and what was stored.
+    pub fn answer(&self) -> Value {
+        let mut body = json!({ "status": self.name() });
+        match self {
+            Self::Uninstalled {
+                target,
+                grants,
+                locations,
+                kept,
+            } => {
+                body["target"] = json!(target);
+                body["grantsErased"] = json!(grants);
+                body["locationsUnlinked"] = json!(locations);
+                body["keptAsNewer"] = json!(kept);
+            }
+            Self::PlanChanged {
+                target,
+                plan_id,
+                grants,
+            } => {
+                body["target"] = json!(target);
+                body["planId"] = json!(plan_id);
+                body["grants"] = json!(grants);
+            }
+            Self::Older {
+                target,
+                newer_at_ms,
+            } => {
+                body["target"] = json!(target);
+                body["newerEventAt"] = json!(crate::model::rfc3339_ms(*newer_at_ms));
+            }
+            _ => {}
+        }
+        body
     }
 }
 
@@ -227,10 +286,29 @@ pub fn parse(body: &[u8]) -> Result<Event, WebhookError> {
     })
 }
 
-/// Verifies, checks and applies one delivery.
+/// The marketplace app whose events this webhook applies: `GHL_APP_ID`, or
+/// `app_id` in the app secret. Checked at cold start: HighLevel signs every
+/// app's webhooks with the same key, so without it another app's UNINSTALL
+/// sent to this URL would erase that agency's grants here.
+pub fn app_id(
+    cfg: &WebhookConfig,
+    secret_app_id: Option<&str>,
+) -> Result<String, crate::config::ConfigError> {
+    cfg.app_id
+        .as_deref()
+        .or(secret_app_id)
+        .map(str::to_owned)
+        .ok_or(crate::config::ConfigError::Missing {
+            var: "GHL_APP_ID",
+            expected: "the marketplace app id whose webhooks this function applies (or app_id in the app secret)",
+        })
+}
+
+/// Verifies, checks and applies one delivery for app `app_id`.
 pub async fn handle(
     svc: &Services,
     cfg: &WebhookConfig,
+    app_id: &str,
     ed25519_sig: Option<&str>,
     rsa_sig: Option<&str>,
     body: &[u8],
@@ -240,32 +318,43 @@ pub async fn handle(
     }
     verify(cfg, ed25519_sig, rsa_sig, body)?;
     let event = parse(body)?;
-    let ours = cfg.app_id.as_deref().or(svc.app.app_id.as_deref());
-    if let Some(ours) = ours
-        && ours != event.app_id
-    {
+    if app_id != event.app_id {
         return Err(WebhookError::WrongApp {
             got: event.app_id.chars().take(64).collect(),
         });
     }
-    let age_ms = now_millis() - event.at_ms;
-    if age_ms.unsigned_abs() > cfg.replay_window.as_millis() as u64 {
-        return Err(WebhookError::Stale {
-            age_secs: age_ms / 1000,
-            window_secs: cfg.replay_window.as_secs(),
-        });
-    }
+    check_age(cfg, event.at_ms, now_millis())?;
     if svc.store.webhook_seen(&event.webhook_id).await? {
-        return Err(WebhookError::Replayed(event.webhook_id.clone()));
+        return Ok((event, Applied::Duplicate));
     }
     let applied = apply(svc, &event).await?;
     // Recorded after the effects: a failure above leaves no record, so the
-    // redelivery applies the event. Effects are idempotent, so two
-    // deliveries racing here do no harm.
+    // redelivery applies the event. Effects are idempotent and ordered, so
+    // two deliveries racing here do no harm. Kept twice the accepted age, so
+    // any delivery old enough to pass the age check is still recognised.
     svc.store
-        .record_webhook(&event.webhook_id, cfg.replay_window * 2)
+        .record_webhook(&event.webhook_id, cfg.max_age * 2)
         .await?;
     Ok((event, applied))
+}
+
+/// An event may be as old as HighLevel's retry schedule, and ahead of our
+/// clock only by skew.
+fn check_age(cfg: &WebhookConfig, at_ms: i64, now_ms: i64) -> Result<(), WebhookError> {
+    let age_ms = now_ms.saturating_sub(at_ms);
+    if age_ms > cfg.max_age.as_millis() as i64 {
+        return Err(WebhookError::Stale {
+            age_secs: age_ms / 1000,
+            max_age_secs: cfg.max_age.as_secs(),
+        });
+    }
+    if -age_ms > cfg.max_skew.as_millis() as i64 {
+        return Err(WebhookError::FromTheFuture {
+            ahead_secs: -age_ms / 1000,
+            max_skew_secs: cfg.max_skew.as_secs(),
+        });
+    }
+    Ok(())
 }
 
 async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
@@ -276,7 +365,7 @@ async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
             let company_id = e.company_id.clone().ok_or_else(|| missing("companyId"))?;
             match (&e.location_id, e.install_type.as_deref()) {
                 (Some(location_id), _) => {
-                    store
+                    let newer = store
                         .set_link(&LocationLink {
                             company_id: company_id.clone(),
                             location_id: location_id.clone(),
@@ -285,6 +374,20 @@ async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
                             source: "webhook".into(),
                         })
                         .await?;
+                    if !newer {
+                        // The callback or a mint may have linked it since,
+                        // at its own (later) time: then it stands installed.
+                        let link = store.link_of(location_id).await?;
+                        if link
+                            .as_ref()
+                            .is_none_or(|l| l.state == LinkState::Uninstalled)
+                        {
+                            return Ok(Applied::Older {
+                                target: InstallId::Location(location_id.clone()).to_string(),
+                                newer_at_ms: link.map_or(0, |l| l.at_ms),
+                            });
+                        }
+                    }
                     Ok(Applied::LocationInstalled {
                         company_id,
                         location_id: location_id.clone(),
@@ -314,13 +417,7 @@ async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
                 (None, Some(c)) => vec![InstallId::Company(c.clone())],
                 (None, None) => return Err(missing("companyId or locationId")),
             };
-            for id in &ids {
-                store.set_plan(id, &plan_id).await?;
-            }
-            Ok(Applied::PlanChanged {
-                target: ids[0].to_string(),
-                plan_id,
-            })
+            change_plan(svc, &ids, &plan_id, e.at_ms).await
         }
         other => Ok(Applied::Ignored {
             kind: other.chars().take(40).collect(),
@@ -328,9 +425,60 @@ async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
     }
 }
 
-/// The local effect of an uninstall, shared by the webhook and
-/// reconciliation: a location's grants (its own install and the token minted
-/// for it), or a company's grant and those of every location linked to it.
+/// A plan change, ordered per grant; kept aside too, for a grant that does
+/// not exist yet (the callback or the first mint uses it).
+async fn change_plan(
+    svc: &Services,
+    ids: &[InstallId],
+    plan_id: &str,
+    at_ms: i64,
+) -> Result<Applied, WebhookError> {
+    let target = ids[0].to_string();
+    let mut grants = Vec::new();
+    let mut older = false;
+    for id in ids {
+        match svc.store.set_plan(id, plan_id, at_ms).await? {
+            crate::store::PlanWrite::Stored => grants.push(id.to_string()),
+            crate::store::PlanWrite::Older => older = true,
+            crate::store::PlanWrite::NoGrant => {}
+        }
+    }
+    let kept = svc.store.keep_plan(&ids[0], plan_id, at_ms).await?;
+    if grants.is_empty() && (older || !kept) {
+        return older_plan(svc, &ids[0]).await;
+    }
+    Ok(Applied::PlanChanged {
+        target,
+        plan_id: plan_id.to_owned(),
+        grants,
+    })
+}
+
+async fn older_plan(svc: &Services, id: &InstallId) -> Result<Applied, WebhookError> {
+    let stored = svc.store.get(id).await?;
+    Ok(Applied::Older {
+        target: id.to_string(),
+        newer_at_ms: stored.map_or(0, |i| i.plan_at_ms.max(i.lifecycle_at_ms)),
+    })
+}
+
+/// An event refused as older than what a location's link holds.
+async fn older(svc: &Services, id: &InstallId) -> Result<Applied, WebhookError> {
+    let link = svc.store.link_of(id.id()).await?;
+    Ok(Applied::Older {
+        target: id.to_string(),
+        newer_at_ms: link.map_or(0, |l| l.at_ms),
+    })
+}
+
+/// The local effect of an uninstall, shared by the webhook, reconciliation
+/// and the operator's CLI: a location's grants (its own install and the
+/// token minted for it), or a company's grant and those of every location
+/// linked to it. `at_ms` is the event's time: every part of the effect is
+/// ordered by it, and a part that holds a newer event (an install, a
+/// reinstall through the callback, a mint) is left alone. A company
+/// uninstall older than the company's own grant erases nothing at all: the
+/// agency installed again after it.
 pub async fn uninstall(
     svc: &Services,
     company_id: Option<&str>,
@@ -340,9 +488,7 @@ pub async fn uninstall(
     source: &str,
 ) -> Result<Applied, WebhookError> {
     let store = &svc.store;
-    let mut grants = 0;
-    let mut locations = 0;
-    let target;
+    let mut tally = Tally::default();
     let unlink = |company: String, location: String| LocationLink {
         company_id: company,
         location_id: location,
@@ -350,82 +496,121 @@ pub async fn uninstall(
         at_ms,
         source: source.to_owned(),
     };
-    match (location_id, company_id) {
+    let target = match (location_id, company_id) {
         (Some(loc), company) => {
-            target = InstallId::Location(loc.to_owned()).to_string();
+            let target = InstallId::Location(loc.to_owned());
             let company = match company {
                 Some(c) => Some(c.to_owned()),
                 None => store.link_of(loc).await?.map(|l| l.company_id),
             };
-            store
+            if !store
                 .set_link(&unlink(company.unwrap_or_default(), loc.to_owned()))
-                .await?;
-            locations += 1;
-            for id in [
-                InstallId::Location(loc.to_owned()),
-                InstallId::Minted(loc.to_owned()),
-            ] {
-                grants += usize::from(erase(svc, &id, reason, at_ms).await?);
+                .await?
+            {
+                // The location was installed (or uninstalled) again after
+                // this event: it changes nothing.
+                return older(svc, &target).await;
             }
+            tally.locations += 1;
+            erase_location(svc, loc, reason, at_ms, &mut tally).await?;
+            target
         }
         (None, Some(company)) => {
-            target = InstallId::Company(company.to_owned()).to_string();
-            grants += usize::from(
-                erase(svc, &InstallId::Company(company.to_owned()), reason, at_ms).await?,
-            );
-            // An agency uninstall removes the app from every sub-account.
-            for link in store.links_of(company).await? {
-                if link.state == LinkState::Installed {
-                    store
-                        .set_link(&unlink(company.to_owned(), link.location_id.clone()))
-                        .await?;
-                    locations += 1;
-                }
-                for id in [
-                    InstallId::Location(link.location_id.clone()),
-                    InstallId::Minted(link.location_id.clone()),
-                ] {
-                    grants += usize::from(erase(svc, &id, reason, at_ms).await?);
-                }
+            let target = InstallId::Company(company.to_owned());
+            if let Some(newer_at_ms) = erase(svc, &target, reason, at_ms, &mut tally).await? {
+                return Ok(Applied::Older {
+                    target: target.to_string(),
+                    newer_at_ms,
+                });
             }
+            // An agency uninstall removes the app from every sub-account,
+            // each as ordered as its own UNINSTALL would be.
+            for link in store.links_of(company).await? {
+                let loc = &link.location_id;
+                if !store
+                    .set_link(&unlink(company.to_owned(), loc.clone()))
+                    .await?
+                {
+                    tally.kept += 1;
+                    continue;
+                }
+                if link.state == LinkState::Installed {
+                    tally.locations += 1;
+                }
+                erase_location(svc, loc, reason, at_ms, &mut tally).await?;
+            }
+            target
         }
         (None, None) => {
             return Err(WebhookError::Malformed(
                 "UNINSTALL without companyId or locationId".into(),
             ));
         }
-    }
+    };
     Ok(Applied::Uninstalled {
-        target,
-        grants,
-        locations,
+        target: target.to_string(),
+        grants: tally.grants,
+        locations: tally.locations,
+        kept: tally.kept,
     })
 }
 
-/// Uninstalls one grant and announces the change. False when none was
-/// stored (or it is newer than the event).
+#[derive(Default)]
+struct Tally {
+    grants: usize,
+    locations: usize,
+    kept: usize,
+}
+
+/// A location's own install and the token minted for it.
+async fn erase_location(
+    svc: &Services,
+    loc: &str,
+    reason: &str,
+    at_ms: i64,
+    tally: &mut Tally,
+) -> Result<(), WebhookError> {
+    for id in [
+        InstallId::Location(loc.to_owned()),
+        InstallId::Minted(loc.to_owned()),
+    ] {
+        erase(svc, &id, reason, at_ms, tally).await?;
+    }
+    Ok(())
+}
+
+/// Uninstalls one grant as of `at_ms` and announces the change. Some(time
+/// of the newer event) when the grant holds one and was left alone.
 async fn erase(
     svc: &Services,
     id: &InstallId,
     reason: &str,
     at_ms: i64,
-) -> Result<bool, WebhookError> {
-    let Some(before) = svc.store.get(id).await? else {
-        return Ok(false);
-    };
-    if !svc.store.uninstall(id, reason, at_ms).await? {
-        return Ok(false);
+    tally: &mut Tally,
+) -> Result<Option<i64>, WebhookError> {
+    match svc.store.uninstall(id, reason, at_ms).await? {
+        UninstallWrite::Applied { before } => {
+            tally.grants += 1;
+            if before.state != InstallState::Uninstalled {
+                svc.events
+                    .changed(StateChanged::new(
+                        id,
+                        before.info.company_id.as_deref(),
+                        Some(before.state),
+                        InstallState::Uninstalled,
+                        reason,
+                    ))
+                    .await;
+            }
+            Ok(None)
+        }
+        UninstallWrite::AlreadyApplied | UninstallWrite::NoGrant => Ok(None),
+        UninstallWrite::Newer { at_ms } => {
+            tracing::info!(install_id = %id, newer_at_ms = at_ms, "uninstall older than the grant's newest event; kept");
+            tally.kept += 1;
+            Ok(Some(at_ms))
+        }
     }
-    svc.events
-        .changed(StateChanged::new(
-            id,
-            before.info.company_id.as_deref(),
-            Some(before.state),
-            InstallState::Uninstalled,
-            reason,
-        ))
-        .await;
-    Ok(true)
 }
 
 /// Reads a public key given as SPKI DER in base64, or as a PEM block.

@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+pub mod courier;
 mod webhook;
 
 pub const API_VERSION: &str = "2021-07-28";
@@ -685,6 +686,15 @@ impl Sim {
     /// The base64 Ed25519 signature over `body`, for tests crafting odd bodies.
     pub fn sign(&self, body: &[u8]) -> String {
         self.shared.signer.sign(body)
+    }
+
+    /// A delivery of a crafted event (any `timestamp`, type or fields),
+    /// signed as HighLevel signs its own: for late, reordered and retried
+    /// deliveries whose original timestamp has aged.
+    pub fn delivery_of(&self, event: &Value) -> Delivery {
+        let text = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
+        self.shared
+            .delivery(&text("type"), text("webhookId"), event)
     }
 
     /// The base64 RSA-SHA256 (PKCS#1 v1.5) signature over `body`.

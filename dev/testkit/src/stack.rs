@@ -305,6 +305,54 @@ impl Stack {
         key_b64
     }
 
+    /// Moves an install's lifecycle back to `at_ms`, as if it had been
+    /// installed then: for late deliveries whose event predates "now".
+    pub async fn backdate_install(&self, id: &InstallId, at_ms: i64) {
+        use shared::store::attr;
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(id.key()))
+            .key("sk", AttributeValue::S(shared::store::GRANT_SK.into()))
+            .update_expression("SET #life = :ms, #installed = :secs")
+            .expression_attribute_names("#life", attr::LIFECYCLE_AT)
+            .expression_attribute_names("#installed", attr::LAST_INSTALLED_AT)
+            .expression_attribute_values(":ms", AttributeValue::N(at_ms.to_string()))
+            .expression_attribute_values(
+                ":secs",
+                AttributeValue::N(at_ms.div_euclid(1000).to_string()),
+            )
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("backdating {id}: {e:?}"));
+    }
+
+    /// Moves a location's link (both sides) back to `at_ms`.
+    pub async fn backdate_link(&self, company_id: &str, location_id: &str, at_ms: i64) {
+        use shared::store::attr;
+        for (pk, sk) in [
+            (format!("location#{location_id}"), "company".to_owned()),
+            (
+                format!("company#{company_id}"),
+                format!("location#{location_id}"),
+            ),
+        ] {
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", AttributeValue::S(pk))
+                .key("sk", AttributeValue::S(sk))
+                .update_expression("SET #at = :ms")
+                .expression_attribute_names("#at", attr::LINK_AT)
+                .expression_attribute_values(":ms", AttributeValue::N(at_ms.to_string()))
+                .condition_expression("attribute_exists(pk)")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("backdating the link of {location_id}: {e:?}"));
+        }
+    }
+
     pub fn store(&self) -> &Store {
         &self.svc.store
     }

@@ -4,8 +4,8 @@
 //!
 //! HighLevel retries any non-2xx up to 12 times and pauses a URL whose
 //! success rate falls under 90 %, so only a failure a retry can fix (storage)
-//! answers 5xx; a bad or replayed delivery answers 4xx once and changes
-//! nothing.
+//! answers 5xx; a redelivery of an applied event answers 200 `duplicate`,
+//! and a bad delivery answers 4xx once and changes nothing.
 
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Error, Request, Response, service_fn};
@@ -18,6 +18,7 @@ use std::sync::Arc;
 struct App {
     cfg: WebhookConfig,
     svc: Services,
+    app_id: String,
 }
 
 // One thread: the work is waiting on HighLevel and DynamoDB, and a
@@ -33,7 +34,9 @@ async fn main() -> Result<(), Error> {
     let svc = Services::load(env!("CARGO_PKG_NAME"), &cfg.common)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let app = Arc::new(App { cfg, svc });
+    let app_id = shared::webhook::app_id(&cfg, svc.app.app_id.as_deref())
+        .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let app = Arc::new(App { cfg, svc, app_id });
     lambda_http::run(service_fn(move |req: Request| {
         let app = app.clone();
         async move { Ok::<_, Error>(handle(&app, req).await) }
@@ -46,9 +49,10 @@ fn status_of(err: &WebhookError) -> StatusCode {
     match err {
         WebhookError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         WebhookError::MissingSignature | WebhookError::BadSignature(_) => StatusCode::UNAUTHORIZED,
-        WebhookError::Malformed(_) | WebhookError::Stale { .. } => StatusCode::BAD_REQUEST,
+        WebhookError::Malformed(_)
+        | WebhookError::Stale { .. }
+        | WebhookError::FromTheFuture { .. } => StatusCode::BAD_REQUEST,
         WebhookError::WrongApp { .. } => StatusCode::FORBIDDEN,
-        WebhookError::Replayed(_) => StatusCode::CONFLICT,
         WebhookError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -84,6 +88,7 @@ async fn handle(app: &App, req: Request) -> Response<Body> {
     let result = shared::webhook::handle(
         &app.svc,
         &app.cfg,
+        &app.app_id,
         header("x-ghl-signature"),
         header("x-wh-signature"),
         body,
@@ -101,7 +106,7 @@ async fn handle(app: &App, req: Request) -> Response<Body> {
                 "webhook answered"
             );
             shared::metrics::count_by("Webhooks", ("Outcome", applied.name()), 1);
-            answer(StatusCode::OK, json!({"status": applied.name()}))
+            answer(StatusCode::OK, applied.answer())
         }
         Err(e) => {
             let status = status_of(&e);

@@ -4,205 +4,22 @@
 //! simulator queues them or as a test crafts them, arrive as Function URL
 //! POST events.
 
-use ghl_sim::{ConsentTarget, Delivery, Sim, SimConfig, UserType as SimUserType};
+mod common;
+
+use common::*;
+use ghl_sim::{ConsentTarget, Sim, SimConfig, UserType as SimUserType};
 use serde_json::{Value, json};
 use shared::model::{InstallId, InstallState, TokenPair, now_millis};
 use shared::store::LinkState;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use testkit::stack::{Item, Stack, function_url_event, function_url_post_event, scheduled_event};
-use testkit::{FunctionProcess, InvokeError, InvokeOptions, RuntimeApi, join_all};
-
-const BIN: &str = "marketplace-webhook";
-
-/// What the function answered.
-#[derive(Debug)]
-struct Answer {
-    status: u64,
-    body: Value,
-    headers: serde_json::Map<String, Value>,
-}
-
-impl Answer {
-    /// Asserts a refusal: the status, the stable error name, and a message
-    /// that says something (containing `says`).
-    fn refused(&self, status: u64, error: &str, says: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.body["error"], error, "{self:?}");
-        let message = self.body["message"].as_str().unwrap_or_default();
-        assert!(message.contains(says), "message lacks {says:?}: {self:?}");
-    }
-
-    fn accepted(&self, status: &str) {
-        assert_eq!(self.status, 200, "{self:?}");
-        assert_eq!(self.body["status"], status, "{self:?}");
-    }
-}
-
-async fn invoke_url(api: &RuntimeApi, event: Value) -> Answer {
-    let out = api
-        .invoke_with(event, InvokeOptions::with_deadline(Duration::from_secs(30)))
-        .await
-        .expect("the function answers (never a function error)");
-    let text = out["body"].as_str().unwrap_or_default();
-    let headers = out["headers"].as_object().cloned().unwrap_or_default();
-    assert_eq!(
-        headers.get("content-type").and_then(Value::as_str),
-        Some("application/json"),
-        "{out}"
-    );
-    Answer {
-        status: out["statusCode"].as_u64().expect("statusCode"),
-        body: serde_json::from_str(text)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}")),
-        headers,
-    }
-}
-
-/// POSTs `body` with `headers` (the body base64-encoded in the event when `base64`).
-async fn post(api: &RuntimeApi, body: &[u8], headers: &[(&str, &str)], base64: bool) -> Answer {
-    invoke_url(api, function_url_post_event(body, headers, base64)).await
-}
-
-/// POSTs `body` signed by `sim` (`x-ghl-signature`).
-async fn post_signed(api: &RuntimeApi, sim: &Sim, body: &[u8]) -> Answer {
-    let sig = sim.sign(body);
-    post(api, body, &[("x-ghl-signature", &sig)], false).await
-}
-
-/// Hands on a delivery the simulator queued, as HighLevel sends it.
-async fn deliver(api: &RuntimeApi, d: &Delivery) -> Answer {
-    post(
-        api,
-        d.body.as_bytes(),
-        &[("x-ghl-signature", &d.signature)],
-        false,
-    )
-    .await
-}
-
-fn webhook_env(sim: &Sim) -> Vec<(&'static str, String)> {
-    vec![("GHL_WEBHOOK_PUBLIC_KEY", sim.webhook_public_key())]
-}
-
-fn spawn_webhook(stack: &Stack, api: &RuntimeApi, extra: &[(&str, String)]) -> FunctionProcess {
-    let mut env = webhook_env(&stack.sim);
-    env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    stack.spawn_on(api, BIN, &refs)
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn fresh_webhook_id() -> String {
-    format!(
-        "wh-test-{}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        now_millis()
-    )
-}
-
-/// `2026-11-30T15:12:48.123Z` for epoch milliseconds (HighLevel's form).
-fn iso8601_ms(ms: i64) -> String {
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
+use testkit::stack::{Stack, function_url_event, scheduled_event};
+use testkit::{FunctionProcess, InvokeOptions, RuntimeApi, join_all};
 
 #[test]
 fn iso8601_matches_known_instants() {
     assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
     assert_eq!(iso8601_ms(1_796_051_568_123), "2026-11-30T15:12:48.123Z");
     assert_eq!(iso8601_ms(1_709_164_800_000), "2024-02-29T00:00:00.000Z");
-}
-
-/// A Location INSTALL as HighLevel words it, at `at_ms`, for `app_id`.
-fn install_event(app_id: &str, company: &str, location: &str, at_ms: i64) -> Value {
-    json!({
-        "type": "INSTALL",
-        "appId": app_id,
-        "versionId": "sim-version-id",
-        "installType": "Location",
-        "locationId": location,
-        "companyId": company,
-        "userId": "user-test",
-        "companyName": "Simulated agency",
-        "isWhitelabelCompany": false,
-        "planId": "sim-plan",
-        "trial": {},
-        "timestamp": iso8601_ms(at_ms),
-        "webhookId": fresh_webhook_id(),
-    })
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(v).expect("a JSON value serialises")
-}
-
-/// The items of the table whose key is one of `ids`' (grant and journal entries).
-fn items_of<'a>(items: &'a [Item], ids: &[InstallId]) -> Vec<&'a Item> {
-    let keys: Vec<String> = ids.iter().map(InstallId::key).collect();
-    items
-        .iter()
-        .filter(|i| {
-            i.get("pk")
-                .and_then(|v| v.as_s().ok())
-                .is_some_and(|pk| keys.contains(pk))
-        })
-        .collect()
-}
-
-fn sealed_tokens(items: &[&Item]) -> Vec<String> {
-    items
-        .iter()
-        .flat_map(|i| ["access_token", "refresh_token"].map(|f| i.get(f).cloned()))
-        .flatten()
-        .filter_map(|v| v.as_s().ok().cloned())
-        .collect()
-}
-
-async fn mint(api: &RuntimeApi, req: Value) -> Result<Value, InvokeError> {
-    api.invoke_with(req, InvokeOptions::with_deadline(Duration::from_secs(30)))
-        .await
-}
-
-fn mint_error(r: Result<Value, InvokeError>) -> (String, String) {
-    match r {
-        Err(InvokeError::Function {
-            error_type,
-            error_message,
-        }) => (error_type, error_message),
-        other => panic!("expected a function error, got {other:?}"),
-    }
-}
-
-/// (refresh token, presented, live) per token the simulator issued.
-fn presentations(sim: &Sim) -> Vec<(String, u32, bool)> {
-    sim.ledger()
-        .tokens
-        .into_iter()
-        .map(|t| (t.refresh_token, t.presented, t.live))
-        .collect()
-}
-
-fn counters(sim: &Sim) -> Value {
-    serde_json::to_value(sim.counters()).expect("counters serialise")
 }
 
 // ---------------------------------------------------------------------------
@@ -421,32 +238,34 @@ async fn stale_replayed_foreign_and_malformed_deliveries_change_nothing() {
     let api = &stack.api;
     let before = stack.items().await;
 
-    // A timestamp ten minutes old (or ahead) is outside the 300 s window.
-    for (what, offset_ms) in [("old", -600_000), ("ahead", 600_000)] {
+    // Older than HighLevel's whole retry schedule (48 h by default), or
+    // further ahead than clock skew (300 s).
+    const HOUR_MS: i64 = 3_600_000;
+    for (what, offset_ms, status, error, says) in [
+        ("old", -49 * HOUR_MS, 400, "Stale", "at most 172800 s"),
+        ("ahead", 600_000, 400, "FromTheFuture", "at most 300 s"),
+    ] {
         let body = bytes(&install_event(
             &app,
             "co-r",
             "loc-r1",
             now_millis() + offset_ms,
         ));
-        let a = post_signed(api, sim, &body).await;
-        a.refused(400, "Stale", "replay protection");
-        assert!(
-            a.body["message"].as_str().unwrap().contains("300 s"),
-            "{what}: {a:?}"
-        );
+        post_signed(api, sim, &body)
+            .await
+            .refused(status, error, says);
         assert_eq!(
             stack.items().await,
             before,
-            "a stale ({what}) delivery changed the table"
+            "a refused ({what}) delivery changed the table"
         );
     }
     // The same timestamp as epoch milliseconds is read the same way.
     let mut v = install_event(&app, "co-r", "loc-r1", 0);
-    v["timestamp"] = json!(now_millis() - 600_000);
+    v["timestamp"] = json!(now_millis() - 49 * HOUR_MS);
     post_signed(api, sim, &bytes(&v))
         .await
-        .refused(400, "Stale", "replay protection");
+        .refused(400, "Stale", "172800 s");
 
     // Another app's event, correctly signed.
     let body = bytes(&install_event("other-app", "co-r", "loc-r1", now_millis()));
@@ -494,26 +313,26 @@ async fn stale_replayed_foreign_and_malformed_deliveries_change_nothing() {
     }
     assert_eq!(stack.items().await, before, "a refusal changed the table");
 
-    // A delivery applied once; its redelivery is refused and changes nothing.
+    // A delivery applied once; its redelivery is a 2xx (HighLevel counts
+    // anything else as a failure and retries it) and changes nothing.
     let body = bytes(&install_event(&app, "co-r", "loc-r1", now_millis()));
     post_signed(api, sim, &body)
         .await
         .accepted("location_installed");
     let after_first = stack.items().await;
     assert_ne!(after_first, before);
-    let a = post_signed(api, sim, &body).await;
-    a.refused(409, "Replayed", "already processed");
+    post_signed(api, sim, &body).await.accepted("duplicate");
     assert_eq!(
         stack.items().await,
         after_first,
         "the replay changed the table"
     );
-    // Its id is what is remembered: new bytes under the same webhookId are refused too.
+    // Its id is what is remembered: new bytes under the same webhookId change nothing either.
     let mut v: Value = serde_json::from_slice(&body).unwrap();
     v["locationId"] = json!("loc-r2");
     post_signed(api, sim, &bytes(&v))
         .await
-        .refused(409, "Replayed", "already processed");
+        .accepted("duplicate");
     assert_eq!(stack.items().await, after_first);
     assert!(stack.store().link_of("loc-r2").await.unwrap().is_none());
 
@@ -1009,11 +828,9 @@ async fn plan_change_updates_the_stored_plan() {
             .is_none()
     );
 
-    // Redelivered: refused, nothing changes.
+    // Redelivered: a duplicate, nothing changes.
     let before = stack.items().await;
-    deliver(&stack.api, &queued[0])
-        .await
-        .refused(409, "Replayed", "already processed");
+    deliver(&stack.api, &queued[0]).await.accepted("duplicate");
     assert_eq!(stack.items().await, before);
 
     // Without planId: malformed.

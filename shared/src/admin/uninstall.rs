@@ -151,6 +151,7 @@ pub async fn uninstall(
             target,
             grants,
             locations,
+            ..
         } => (target, grants, locations),
         other => (format!("{other:?}"), 0, 0),
     };

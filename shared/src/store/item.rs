@@ -33,6 +33,13 @@ pub mod attr {
     pub const LINK_STATE: &str = "link_state";
     pub const LINK_AT: &str = "link_at_ms";
     pub const LINK_SOURCE: &str = "link_source";
+    /// Epoch ms of the newest lifecycle event applied to a grant (install,
+    /// reinstall, mint, uninstall): HighLevel's event time for a webhook,
+    /// ours for a code exchange or a mint. Every lifecycle effect is ordered
+    /// on it.
+    pub const LIFECYCLE_AT: &str = "lifecycle_at_ms";
+    /// Epoch ms of the PLAN_CHANGE event whose plan is stored.
+    pub const PLAN_AT: &str = "plan_at_ms";
     pub const FAILURES: &str = "failures";
     pub const INSTALLED_AT: &str = "installed_at";
     pub const LAST_INSTALLED_AT: &str = "last_installed_at";
@@ -91,6 +98,20 @@ impl Update {
         self.fresh.push((attr.to_owned(), v.clone()));
         let (n, v) = (self.name(attr), self.value(v));
         self.sets.push(format!("{n} = if_not_exists({n}, {v})"));
+        self
+    }
+
+    /// `target = if_not_exists(source, v)`: carries `source` over when it
+    /// exists (read from the item before this write), `v` otherwise.
+    pub(super) fn set_from_if_absent(
+        &mut self,
+        target: &str,
+        source: &str,
+        v: AttributeValue,
+    ) -> &mut Self {
+        self.fresh.push((target.to_owned(), v.clone()));
+        let (t, src, v) = (self.name(target), self.name(source), self.value(v));
+        self.sets.push(format!("{t} = if_not_exists({src}, {v})"));
         self
     }
 

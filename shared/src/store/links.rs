@@ -14,6 +14,8 @@ use super::item::{Item, Update, attr, get_n, get_s, num, s};
 use super::{GRANT_SK, Store, StoreError, dynamo, is_condition_failure};
 use crate::model::{InstallId, InstallState, now_secs};
 use crate::schema::{DUE_AT, DUE_SHARD, PK, SK};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 const COMPANY_SK: &str = "company";
 const LOCATION_SK_PREFIX: &str = "location#";
@@ -34,6 +36,23 @@ impl LinkState {
             Self::Uninstalled => "uninstalled",
         }
     }
+}
+
+/// What an uninstall did to one grant.
+#[derive(Debug)]
+pub enum UninstallWrite {
+    /// Marked `uninstalled` and erased; `before` is the grant as it was.
+    Applied {
+        before: super::Install,
+    },
+    /// This event had been applied already (a redelivery); the journal was
+    /// erased again in case that failed the first time.
+    AlreadyApplied,
+    /// A newer lifecycle event stands (at `at_ms`): nothing was erased.
+    Newer {
+        at_ms: i64,
+    },
+    NoGrant,
 }
 
 /// The app on one location of one company.
@@ -65,13 +84,17 @@ fn decode_link(item: &Item) -> Option<LocationLink> {
 
 impl Store {
     /// Records a link as of `link.at_ms`, under the company and under the
-    /// location. False when a newer event had already been recorded.
+    /// location. False when the location already holds a newer event (the
+    /// location side decides: it is the one the mint and the uninstall
+    /// read). At equal times an install wins over an uninstall: keeping a
+    /// grant is the safe side of a tie.
     pub async fn set_link(&self, link: &LocationLink) -> Result<bool, StoreError> {
         let company_pk = InstallId::Company(link.company_id.clone()).key();
         let location_pk = InstallId::Location(link.location_id.clone()).key();
         let location_sk = format!("{LOCATION_SK_PREFIX}{}", link.location_id);
         let mut newer = true;
         let mut sides = vec![(location_pk.as_str(), COMPANY_SK)];
+        let location_side = sides[0];
         // An UNINSTALL of a location we never linked names no company: the
         // location side alone records it.
         if !link.company_id.is_empty() {
@@ -86,14 +109,32 @@ impl Store {
             u.set(attr::UPDATED_AT, num(now_secs()));
             u.set(attr::LINK_AT, num(link.at_ms));
             let (at_n, at_v) = (u.name(attr::LINK_AT), u.value(num(link.at_ms)));
+            let cond = match link.state {
+                LinkState::Installed => {
+                    format!("attribute_not_exists({at_n}) OR {at_n} <= {at_v}")
+                }
+                // The same UNINSTALL again (a retry) applies again, so its
+                // effects that failed the first time are completed.
+                LinkState::Uninstalled => {
+                    let (state_n, state_v) =
+                        (u.name(attr::LINK_STATE), u.value(s(link.state.as_str())));
+                    format!(
+                        "attribute_not_exists({at_n}) OR {at_n} < {at_v} OR ({at_n} = {at_v} AND {state_n} = {state_v})"
+                    )
+                }
+            };
             let res = self
                 .update(pk, sk, u)?
-                .condition_expression(format!("attribute_not_exists({at_n}) OR {at_n} <= {at_v}"))
+                .condition_expression(cond)
                 .send()
                 .await;
             match res {
                 Ok(_) => {}
-                Err(e) if is_condition_failure(&e) => newer = false,
+                Err(e) if is_condition_failure(&e) => {
+                    if (pk, sk) == location_side {
+                        newer = false;
+                    }
+                }
                 Err(e) => return Err(dynamo("UpdateItem(link)")(e)),
             }
         }
@@ -198,17 +239,18 @@ impl Store {
         }
     }
 
-    /// Marks a grant `uninstalled` and erases its tokens, from the row and
-    /// from its journal entries, unless it was installed again after
-    /// `at_ms` (a late UNINSTALL never wipes a newer install). The version
-    /// moves on, so a refresh in flight can commit nothing over it. False
-    /// when no grant is stored or it is newer than the event.
+    /// Marks a grant `uninstalled` as of `at_ms` (the event's time) and
+    /// erases its tokens, from the row and from its journal entries, unless
+    /// a newer lifecycle event was applied to it (a reinstall, a mint, a
+    /// later uninstall): a late UNINSTALL never wipes a newer install. At
+    /// equal times the install wins. The version moves on, so a refresh in
+    /// flight can commit nothing over it.
     pub async fn uninstall(
         &self,
         id: &InstallId,
         reason: &str,
         at_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<UninstallWrite, StoreError> {
         let now = now_secs();
         let mut u = Update::default();
         self.set_state(&mut u, InstallState::Uninstalled, reason, now);
@@ -222,27 +264,52 @@ impl Store {
         ] {
             u.remove(erased);
         }
+        u.set(attr::LIFECYCLE_AT, num(at_ms));
         u.release_lease();
         u.increment(attr::VERSION);
         let pk_n = u.name(PK);
-        let (installed_n, at_v) = (
+        let (life_n, at_v) = (u.name(attr::LIFECYCLE_AT), u.value(num(at_ms)));
+        // Rows from before lifecycle_at_ms existed: their install time, in
+        // whole seconds.
+        let (installed_n, secs_v) = (
             u.name(attr::LAST_INSTALLED_AT),
             u.value(num(at_ms.div_euclid(1000))),
         );
         let res = self
             .update(&id.key(), GRANT_SK, u)?
             .condition_expression(format!(
-                "attribute_exists({pk_n}) AND (attribute_not_exists({installed_n}) OR {installed_n} <= {at_v})"
+                "attribute_exists({pk_n}) AND ({life_n} < {at_v} OR (attribute_not_exists({life_n}) \
+                 AND (attribute_not_exists({installed_n}) OR {installed_n} < {secs_v})))"
             ))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match res {
-            Ok(_) => {}
-            Err(e) if is_condition_failure(&e) => return Ok(false),
-            Err(e) => return Err(dynamo("UpdateItem(uninstall)")(e)),
-        }
+        let outcome = match res {
+            Ok(out) => UninstallWrite::Applied {
+                before: self.decode(out.attributes.unwrap_or_default())?,
+            },
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => match c.item() {
+                    None => return Ok(UninstallWrite::NoGrant),
+                    Some(old) => {
+                        let old = self.decode(old.clone())?;
+                        if old.state == InstallState::Uninstalled && old.lifecycle_at_ms == at_ms {
+                            // This very event, applied before (a retry):
+                            // finish what may have failed after it.
+                            UninstallWrite::AlreadyApplied
+                        } else {
+                            return Ok(UninstallWrite::Newer {
+                                at_ms: old.lifecycle_at_ms,
+                            });
+                        }
+                    }
+                },
+                _ => return Err(dynamo("UpdateItem(uninstall)")(e)),
+            },
+        };
         self.erase_journal(id).await?;
-        Ok(true)
+        Ok(outcome)
     }
 
     /// Removes the tokens from every journal entry of an install (the

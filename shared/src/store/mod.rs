@@ -27,12 +27,12 @@ pub use fleet::{BrokenInstall, BrokenPage};
 pub use item::attr;
 pub use journal::JournalEntry;
 pub use lease::{LeaseOutcome, LeaseWhen, lease_token};
-pub use links::{LinkState, LocationLink};
+pub use links::{LinkState, LocationLink, UninstallWrite};
 
 use crate::config::DuePolicy;
 use crate::crypto::{CryptoError, Keyring};
 use crate::iam::FunctionPolicy;
-use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_secs};
+use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_millis, now_secs};
 use crate::redact::SecretString;
 use crate::schema::{BROKEN_SHARD, BROKEN_SINCE, DUE_AT, DUE_SHARD, PK, SK};
 use aws_sdk_dynamodb::Client;
@@ -40,6 +40,26 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use item::{Item, Update, get_bool, get_list, get_n, get_s, key_of, num, s};
 
 pub const GRANT_SK: &str = "grant";
+/// A plan kept for an install whose grant is not stored yet.
+const PLAN_SK: &str = "plan";
+
+/// A location's plan is one plan, whichever grant (its own install or the
+/// minted token) holds it.
+fn plan_key(id: &InstallId) -> String {
+    match id {
+        InstallId::Company(_) => id.key(),
+        InstallId::Location(l) | InstallId::Minted(l) => InstallId::Location(l.clone()).key(),
+    }
+}
+
+/// What a PLAN_CHANGE did to one grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanWrite {
+    Stored,
+    /// The grant's plan, or the grant itself, is from a newer event.
+    Older,
+    NoGrant,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -103,6 +123,13 @@ pub struct Install {
     pub failures: u32,
     pub installed_at: i64,
     pub last_installed_at: i64,
+    /// Epoch ms of the newest lifecycle event applied (see
+    /// [`attr::LIFECYCLE_AT`]); for rows written before it existed, the
+    /// install or uninstall time in whole seconds.
+    pub lifecycle_at_ms: i64,
+    /// Epoch ms of the event (a PLAN_CHANGE, or the token answer) that set
+    /// the plan; 0 when unknown.
+    pub plan_at_ms: i64,
     pub install_count: u64,
     pub refresh_count: u64,
     pub updated_at: i64,
@@ -247,10 +274,26 @@ impl Store {
     /// `active` carries the index's keys (its state as the partition, and
     /// `broken_since` kept from when it first stopped being active), an
     /// `active` one carries neither.
+    ///
+    /// `state_changed_at` and `state_reason` say when and why the install
+    /// entered its current state, so a write that keeps the state (every
+    /// refresh of an active install, a retry that fails again) keeps them.
+    /// DynamoDB cannot compare the old state inside a SET, so each state
+    /// keeps its own entry marks (`state_since_<state>`, `state_why_<state>`)
+    /// while the install is in it: `if_not_exists` carries them over when the
+    /// state is unchanged, and every other state's marks are removed in the
+    /// same write. No read before the write, and no race with another writer.
     fn set_state(&self, u: &mut Update, state: InstallState, reason: &str, now: i64) {
         u.set(attr::STATE, s(state.as_str()));
-        u.set(attr::STATE_REASON, s(reason));
-        u.set(attr::STATE_CHANGED_AT, num(now));
+        let (since, why) = state_marks(state);
+        u.set_from_if_absent(attr::STATE_CHANGED_AT, &since, num(now));
+        u.set_if_absent(&since, num(now));
+        u.set_from_if_absent(attr::STATE_REASON, &why, s(reason));
+        u.set_if_absent(&why, s(reason));
+        for other in InstallState::ALL.into_iter().filter(|&o| o != state) {
+            let (since, why) = state_marks(other);
+            u.remove(&since).remove(&why);
+        }
         u.set(attr::UPDATED_AT, num(now));
         if state == InstallState::Active {
             u.remove(BROKEN_SHARD).remove(BROKEN_SINCE);
@@ -298,6 +341,10 @@ impl Store {
         self.set_due(&mut u, id, self.due_time(pair.expires_at));
         u.set(attr::FAILURES, num(0));
         u.set(attr::LAST_INSTALLED_AT, num(now));
+        // A grant HighLevel just issued (a code exchange, a mint) is the
+        // newest word on this install: an UNINSTALL stamped before it is
+        // older and erases nothing.
+        u.set(attr::LIFECYCLE_AT, num(now_millis()));
         u.set_if_absent(attr::INSTALLED_AT, num(now));
         u.set_if_absent(attr::REFRESH_COUNT, num(0));
         u.increment(attr::INSTALL_COUNT);
@@ -365,7 +412,32 @@ impl Store {
         info: &GrantInfo,
         reason: &str,
     ) -> Result<Install, StoreError> {
-        let u = self.grant_update(id, pair, info, reason);
+        // A PLAN_CHANGE that came before the grant left its plan aside; the
+        // answer's own plan, when it has one, is HighLevel's of this moment.
+        let kept;
+        let (info, plan_at) = match &info.plan_id {
+            Some(_) => (info, now_millis()),
+            None => match self.kept_plan(id).await {
+                Ok(Some((plan_id, at_ms))) => {
+                    kept = GrantInfo {
+                        plan_id: Some(plan_id),
+                        ..info.clone()
+                    };
+                    (&kept, at_ms)
+                }
+                Ok(None) => (info, 0),
+                Err(e) => {
+                    // The tokens matter more than the plan: store them.
+                    tracing::warn!(install_id = %id, error = %e, "kept plan not read");
+                    (info, 0)
+                }
+            },
+        };
+        let mut u = self.grant_update(id, pair, info, reason);
+        match info.plan_id {
+            Some(_) => u.set(attr::PLAN_AT, num(plan_at)),
+            None => u.remove(attr::PLAN_AT),
+        };
         let out = self
             .update(&id.key(), GRANT_SK, u)?
             .return_values(ReturnValue::AllNew)
@@ -375,22 +447,89 @@ impl Store {
         self.decode(out.attributes.unwrap_or_default())
     }
 
-    /// Records a plan change on a stored grant. False when none is stored.
-    pub async fn set_plan(&self, id: &InstallId, plan_id: &str) -> Result<bool, StoreError> {
+    /// Records a plan change on a stored grant, unless the grant's plan is
+    /// from a newer event (`at_ms`, the event's time). A plan that came in a
+    /// token answer is HighLevel's plan at that answer's time, recorded as
+    /// such in `plan_at_ms`.
+    pub async fn set_plan(
+        &self,
+        id: &InstallId,
+        plan_id: &str,
+        at_ms: i64,
+    ) -> Result<PlanWrite, StoreError> {
         let mut u = Update::default();
         u.set(attr::PLAN_ID, s(plan_id));
+        u.set(attr::PLAN_AT, num(at_ms));
         u.set(attr::UPDATED_AT, num(now_secs()));
         let pk_n = u.name(PK);
+        let (plan_n, at_v) = (u.name(attr::PLAN_AT), u.value(num(at_ms)));
         let res = self
             .update(&id.key(), GRANT_SK, u)?
-            .condition_expression(format!("attribute_exists({pk_n})"))
+            .condition_expression(format!(
+                "attribute_exists({pk_n}) AND (attribute_not_exists({plan_n}) OR {plan_n} <= {at_v})"
+            ))
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(PlanWrite::Stored),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    Ok(if c.item().is_some() { PlanWrite::Older } else { PlanWrite::NoGrant })
+                }
+                _ => Err(dynamo("UpdateItem(plan)")(e)),
+            },
+        }
+    }
+
+    /// Keeps a plan for an install that has no grant stored yet (a
+    /// PLAN_CHANGE can arrive before the OAuth callback or the first mint),
+    /// ordered by event time like the grant's own plan. False when a newer
+    /// plan was kept already.
+    pub async fn keep_plan(
+        &self,
+        id: &InstallId,
+        plan_id: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut u = Update::default();
+        u.set(attr::PLAN_ID, s(plan_id));
+        u.set(attr::PLAN_AT, num(at_ms));
+        u.set(attr::UPDATED_AT, num(now_secs()));
+        let (plan_n, at_v) = (u.name(attr::PLAN_AT), u.value(num(at_ms)));
+        let res = self
+            .update(&plan_key(id), PLAN_SK, u)?
+            .condition_expression(format!(
+                "attribute_not_exists({plan_n}) OR {plan_n} <= {at_v}"
+            ))
             .send()
             .await;
         match res {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(dynamo("UpdateItem(plan)")(e)),
+            Err(e) => Err(dynamo("UpdateItem(kept plan)")(e)),
         }
+    }
+
+    /// The plan kept for an install before its grant existed.
+    pub async fn kept_plan(&self, id: &InstallId) -> Result<Option<(String, i64)>, StoreError> {
+        let out = self
+            .table_op("dynamodb:GetItem")?
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&plan_key(id), PLAN_SK)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo("GetItem(kept plan)"))?;
+        Ok(out.item.as_ref().and_then(|i| {
+            Some((
+                get_s(i, attr::PLAN_ID)?.to_owned(),
+                get_n(i, attr::PLAN_AT).unwrap_or(0),
+            ))
+        }))
     }
 
     /// A strongly consistent read of one install.
@@ -473,6 +612,15 @@ impl Store {
             failures: get_n(&item, attr::FAILURES).unwrap_or(0) as u32,
             installed_at: get_n(&item, attr::INSTALLED_AT).unwrap_or(0),
             last_installed_at: get_n(&item, attr::LAST_INSTALLED_AT).unwrap_or(0),
+            plan_at_ms: get_n(&item, attr::PLAN_AT).unwrap_or(0),
+            lifecycle_at_ms: get_n(&item, attr::LIFECYCLE_AT).unwrap_or_else(|| {
+                let secs = if erased {
+                    get_n(&item, attr::STATE_CHANGED_AT)
+                } else {
+                    get_n(&item, attr::LAST_INSTALLED_AT)
+                };
+                secs.unwrap_or(0).saturating_mul(1000)
+            }),
             install_count: get_n(&item, attr::INSTALL_COUNT).unwrap_or(0) as u64,
             refresh_count: get_n(&item, attr::REFRESH_COUNT).unwrap_or(0) as u64,
             updated_at: get_n(&item, attr::UPDATED_AT).unwrap_or(0),
@@ -512,6 +660,9 @@ impl Store {
                 if let Some(v) = value {
                     u.set(name, s(v.clone()));
                 }
+            }
+            if info.plan_id.is_some() {
+                u.set(attr::PLAN_AT, num(now_millis()));
             }
         }
         self.set_state(&mut u, InstallState::Active, reason, now);
@@ -638,6 +789,14 @@ impl Store {
             .collect();
         Ok((ids, out.last_evaluated_key))
     }
+}
+
+/// The attributes that remember when, and why, an install entered `state`.
+fn state_marks(state: InstallState) -> (String, String) {
+    (
+        format!("state_since_{}", state.as_str()),
+        format!("state_why_{}", state.as_str()),
+    )
 }
 
 fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &E) -> bool {
