@@ -707,6 +707,48 @@ mod tests {
     }
 
     #[test]
+    fn webhook_ages_cover_highlevels_retries_and_the_old_window_is_refused() {
+        let webhook = |vars: &HashMap<String, String>| {
+            WebhookConfig::from_env(&Env::new(|k| vars.get(k).cloned()))
+        };
+        let c = webhook(&base()).unwrap();
+        assert_eq!(c.max_age, Duration::from_secs(48 * 3600));
+        assert_eq!(c.max_skew, Duration::from_secs(300));
+        assert_eq!(c.app_id, None);
+        let mut vars = base();
+        vars.insert("WEBHOOK_MAX_AGE_SECS".into(), "60".into());
+        let err = webhook(&vars).unwrap_err().to_string();
+        assert!(
+            err.contains("WEBHOOK_MAX_AGE_SECS") && err.contains("3600 to 2592000"),
+            "{err}"
+        );
+        let mut vars = base();
+        vars.insert("WEBHOOK_REPLAY_WINDOW_SECS".into(), "300".into());
+        let err = webhook(&vars).unwrap_err().to_string();
+        assert!(
+            err.contains("WEBHOOK_REPLAY_WINDOW_SECS") && err.contains("WEBHOOK_MAX_AGE_SECS"),
+            "{err}"
+        );
+        // No app id anywhere: the webhook refuses to start, naming it.
+        let err = crate::webhook::app_id(&c, None).unwrap_err().to_string();
+        assert!(
+            err.contains("GHL_APP_ID") && err.contains("app_id in the app secret"),
+            "{err}"
+        );
+        assert_eq!(
+            crate::webhook::app_id(&c, Some("from-secret")).unwrap(),
+            "from-secret"
+        );
+        let mut vars = base();
+        vars.insert("GHL_APP_ID".into(), "from-env".into());
+        let c = webhook(&vars).unwrap();
+        assert_eq!(
+            crate::webhook::app_id(&c, Some("from-secret")).unwrap(),
+            "from-env"
+        );
+    }
+
+    #[test]
     fn defaults_apply() {
         let c = callback(&base()).unwrap();
         assert_eq!(c.common.ghl.base_url, DEFAULT_GHL_API_BASE_URL);

@@ -718,6 +718,43 @@ mod tests {
     }
 
     #[test]
+    fn an_event_may_be_as_old_as_highlevels_retries_and_ahead_only_by_skew() {
+        let cfg = crate::config::WebhookConfig::from_env(&crate::config::Env::new(|k| match k {
+            "INSTALLS_TABLE" => Some("t".into()),
+            "GHL_APP_SECRET_ID" => Some("s".into()),
+            "GHL_REDIRECT_URI" => Some("https://example.com/cb".into()),
+            _ => None,
+        }))
+        .unwrap();
+        let now = 1_796_051_568_123;
+        const HOUR: i64 = 3_600_000;
+        for ok in [
+            now,
+            now - HOUR,
+            now - 47 * HOUR,
+            now - 48 * HOUR,
+            now + 299_000,
+        ] {
+            assert!(check_age(&cfg, ok, now).is_ok(), "{}", now - ok);
+        }
+        assert!(matches!(
+            check_age(&cfg, now - 48 * HOUR - 1_000, now),
+            Err(WebhookError::Stale {
+                age_secs: 172_801,
+                max_age_secs: 172_800
+            })
+        ));
+        assert!(matches!(
+            check_age(&cfg, now + 301_000, now),
+            Err(WebhookError::FromTheFuture {
+                ahead_secs: 301,
+                max_skew_secs: 300
+            })
+        ));
+        assert!(check_age(&cfg, i64::MIN, now).is_err(), "no overflow");
+    }
+
+    #[test]
     fn der_lengths_in_long_form_are_read_and_bounded() {
         let mut long = vec![0x04, 0x81, 200];
         long.extend(std::iter::repeat_n(7u8, 200));

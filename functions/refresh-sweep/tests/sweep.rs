@@ -476,3 +476,47 @@ async fn a_malformed_event_is_refused_and_changes_nothing() {
     assert_eq!(stack.sim.ledger().tokens.len(), 3, "HighLevel never called");
     stack.assert_logs_clean(&f.logs(), &[]).await;
 }
+
+/// `state_changed_at` and `state_reason` say when and why the install
+/// entered its state: a refresh that keeps it active leaves them alone and
+/// records `last_refreshed_at`; a change of state rewrites them, and a
+/// second failure in the same state keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_times_change_only_when_the_state_does() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("steady".into());
+    let seeded = stack.seed_install(&id, "steady", 60).await;
+    let _f = stack.spawn("refresh-sweep", &[]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["refreshed"], 1, "{s}");
+    let i = stack.install(&id).await;
+    assert_eq!(i.state, InstallState::Active);
+    assert_eq!(
+        (i.state_changed_at, i.state_reason.as_deref()),
+        (seeded.state_changed_at, seeded.state_reason.as_deref()),
+        "a refresh is not a change of state"
+    );
+    assert!(
+        i.last_refreshed_at
+            .is_some_and(|t| t > seeded.state_changed_at),
+        "{:?}",
+        i.last_refreshed_at
+    );
+
+    // Two rate limits: the first enters `retrying`, the second keeps it.
+    stack.make_due(&id).await;
+    stack.sim.push_fault(Fault::RateLimited);
+    sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let first = stack.install(&id).await;
+    assert_eq!(first.state, InstallState::Retrying, "{first:?}");
+    assert!(first.state_changed_at > seeded.state_changed_at);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    stack.make_due(&id).await;
+    stack.sim.push_fault(Fault::RateLimited);
+    sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let second = stack.install(&id).await;
+    assert_eq!(second.state, InstallState::Retrying, "{second:?}");
+    assert_eq!(second.state_changed_at, first.state_changed_at);
+    assert_eq!(second.failures, first.failures + 1);
+}

@@ -78,6 +78,8 @@ pub struct Shown {
     pub last_installed_at: i64,
     pub install_count: u64,
     pub refresh_count: u64,
+    /// Epoch seconds of the last committed refresh (None: never refreshed).
+    pub last_refreshed_at: Option<i64>,
     pub updated_at: i64,
     /// For a company: every location linked to it. For a location: its link.
     pub links: Vec<LinkView>,
@@ -131,6 +133,7 @@ pub fn view(i: &Install, links: Vec<LinkView>) -> Shown {
         last_installed_at: i.last_installed_at,
         install_count: i.install_count,
         refresh_count: i.refresh_count,
+        last_refreshed_at: i.last_refreshed_at,
         updated_at: i.updated_at,
         links,
         at: now_secs(),
@@ -253,6 +256,11 @@ impl Report for Shown {
             ("last installed", when_ago(self.last_installed_at, now)),
             ("installs", self.install_count.to_string()),
             ("refreshes", self.refresh_count.to_string()),
+            (
+                "last refreshed",
+                self.last_refreshed_at
+                    .map_or_else(|| "never".into(), |t| when_ago(t, now)),
+            ),
             ("updated", when_ago(self.updated_at, now)),
         ]);
         let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

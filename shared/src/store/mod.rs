@@ -132,6 +132,9 @@ pub struct Install {
     pub plan_at_ms: i64,
     pub install_count: u64,
     pub refresh_count: u64,
+    /// Epoch seconds of the last committed refresh; a refresh leaves
+    /// `state_changed_at` alone when the install stays active.
+    pub last_refreshed_at: Option<i64>,
     pub updated_at: i64,
     /// True when either token is sealed under a data key other than the
     /// current one (key rotation re-seals these).
@@ -623,6 +626,7 @@ impl Store {
             }),
             install_count: get_n(&item, attr::INSTALL_COUNT).unwrap_or(0) as u64,
             refresh_count: get_n(&item, attr::REFRESH_COUNT).unwrap_or(0) as u64,
+            last_refreshed_at: get_n(&item, attr::LAST_REFRESHED_AT),
             updated_at: get_n(&item, attr::UPDATED_AT).unwrap_or(0),
             stale_key,
             id,
