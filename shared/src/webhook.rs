@@ -720,12 +720,12 @@ mod tests {
     #[test]
     fn an_event_may_be_as_old_as_highlevels_retries_and_ahead_only_by_skew() {
         let cfg = crate::config::WebhookConfig::from_env(&crate::config::Env::new(|k| match k {
-            "INSTALLS_TABLE" => Some("t".into()),
+            "INSTALLS_TABLE" => Some("installs".into()),
             "GHL_APP_SECRET_ID" => Some("s".into()),
             "GHL_REDIRECT_URI" => Some("https://example.com/cb".into()),
             _ => None,
         }))
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
         let now = 1_796_051_568_123;
         const HOUR: i64 = 3_600_000;
         for ok in [
