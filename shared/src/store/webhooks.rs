@@ -1,6 +1,6 @@
-//! Webhook ids already processed: replay protection for the marketplace
-//! webhook. A record lives a little longer than the replay window, past
-//! which the event's own timestamp refuses a replay.
+//! Webhook ids already applied, so a redelivery is answered as a duplicate.
+//! A record lives twice the accepted age of an event's timestamp, past which
+//! the timestamp alone refuses the delivery.
 
 use super::item::{key_of, num, s};
 use super::{Store, StoreError, dynamo, is_condition_failure};
