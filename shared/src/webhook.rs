@@ -283,6 +283,7 @@ async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
                             state: LinkState::Installed,
                             at_ms: e.at_ms,
                             source: "webhook".into(),
+                            missing_since_ms: None,
                         })
                         .await?;
                     Ok(Applied::LocationInstalled {
@@ -349,6 +350,7 @@ pub async fn uninstall(
         state: LinkState::Uninstalled,
         at_ms,
         source: source.to_owned(),
+        missing_since_ms: None,
     };
     match (location_id, company_id) {
         (Some(loc), company) => {

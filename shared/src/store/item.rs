@@ -33,6 +33,7 @@ pub mod attr {
     pub const LINK_STATE: &str = "link_state";
     pub const LINK_AT: &str = "link_at_ms";
     pub const LINK_SOURCE: &str = "link_source";
+    pub const LINK_MISSING_SINCE: &str = "link_missing_since_ms";
     pub const FAILURES: &str = "failures";
     pub const INSTALLED_AT: &str = "installed_at";
     pub const LAST_INSTALLED_AT: &str = "last_installed_at";
