@@ -500,6 +500,10 @@ pub struct SweepConfig {
     pub reconcile_max_pages: u32,
     /// Reconciliation: pause between two pages of one company.
     pub reconcile_page_pace: Duration,
+    /// Reconciliation: at most this share (0–100) of a company's installed
+    /// links is removed in one run (at least one when above 0), so no
+    /// single run can wipe an agency; 0 only marks.
+    pub reconcile_max_removals_percent: u32,
 }
 
 impl SweepConfig {
@@ -578,6 +582,13 @@ impl SweepConfig {
                 10_000,
                 "milliseconds, 0 to 10000",
             )?),
+            reconcile_max_removals_percent: env.number(
+                "RECONCILE_MAX_REMOVALS_PERCENT",
+                10u32,
+                0,
+                100,
+                "a whole percentage, 0 to 100",
+            )?,
             common,
         })
     }
@@ -908,5 +919,25 @@ mod tests {
         vars.insert("RECONNECT_FALLBACK".into(), "maybe".into());
         let err = SweepConfig::from_env(&Env::new(|k| vars.get(k).cloned())).unwrap_err();
         assert!(err.to_string().contains("RECONNECT_FALLBACK"));
+    }
+
+    #[test]
+    fn reconcile_removal_cap_is_a_percentage() {
+        let mut vars = base();
+        let sweep = |vars: &HashMap<String, String>| {
+            SweepConfig::from_env(&Env::new(|k| vars.get(k).cloned()))
+        };
+        assert_eq!(sweep(&vars).unwrap().reconcile_max_removals_percent, 10);
+        vars.insert("RECONCILE_MAX_REMOVALS_PERCENT".into(), "0".into());
+        assert_eq!(sweep(&vars).unwrap().reconcile_max_removals_percent, 0);
+        for bad in ["101", "-1", "ten", "2.5"] {
+            vars.insert("RECONCILE_MAX_REMOVALS_PERCENT".into(), bad.into());
+            let err = sweep(&vars).unwrap_err().to_string();
+            assert!(
+                err.contains("RECONCILE_MAX_REMOVALS_PERCENT")
+                    && err.contains("percentage, 0 to 100"),
+                "{err}"
+            );
+        }
     }
 }

@@ -112,47 +112,192 @@ impl GhlError {
     }
 }
 
-/// A page of `GET /oauth/installedLocations`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A page of `GET /oauth/installedLocations`, read strictly (see
+/// [`InstalledLocationsPage::parse`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstalledLocationsPage {
-    #[serde(default)]
+    /// The items that carried an `_id`.
     pub locations: Vec<InstalledLocation>,
-    #[serde(default)]
     pub count: u64,
-    #[serde(default)]
     pub install_to_future_locations: Option<bool>,
+    /// Items with no usable `_id`: the page is not a listing we can trust.
+    pub without_id: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// Why a 200 from `GET /oauth/installedLocations` is not a page of the
+/// listing. Names fields and JSON types, never values.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PageDefect {
+    #[error("the body is not a JSON object")]
+    NotAnObject,
+    /// A gateway's or an error's body answered with a 200.
+    #[error("an error-shaped body with a 200 (fields: {0})")]
+    ErrorShaped(String),
+    #[error("no `{0}` field")]
+    Missing(&'static str),
+    #[error("`{field}` is {found}, not {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        found: &'static str,
+    },
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(n) if n.is_u64() => "an integer",
+        serde_json::Value::Number(_) => "a negative or fractional number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Fields of the error envelopes HighLevel and gateways send.
+const ERROR_FIELDS: [&str; 5] = [
+    "statusCode",
+    "message",
+    "error",
+    "error_description",
+    "traceId",
+];
+
+impl InstalledLocationsPage {
+    /// Reads a page without defaults: an absence read as "no locations" or
+    /// "count 0" would look like a complete, empty listing, and
+    /// reconciliation acts on absences. `locations` must be an array and
+    /// `count` a non-negative integer; a body made only of error fields, or
+    /// carrying a non-2xx `statusCode`, is an error whatever its HTTP
+    /// status. Optional metadata of an odd type is dropped, never fatal.
+    pub fn parse(body: &serde_json::Value) -> Result<Self, PageDefect> {
+        let obj = body.as_object().ok_or(PageDefect::NotAnObject)?;
+        let error_status = obj
+            .get("statusCode")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|c| !(200..300).contains(&c));
+        let only_error_fields = obj.keys().all(|k| ERROR_FIELDS.contains(&k.as_str()));
+        if error_status || only_error_fields {
+            let mut names: Vec<&str> = obj.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(PageDefect::ErrorShaped(if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }));
+        }
+        let items = match obj.get("locations") {
+            None => return Err(PageDefect::Missing("locations")),
+            Some(serde_json::Value::Array(items)) => items,
+            Some(other) => {
+                return Err(PageDefect::WrongType {
+                    field: "locations",
+                    expected: "an array",
+                    found: json_type(other),
+                });
+            }
+        };
+        let count = match obj.get("count") {
+            None => return Err(PageDefect::Missing("count")),
+            Some(v) => v.as_u64().ok_or(PageDefect::WrongType {
+                field: "count",
+                expected: "a non-negative integer",
+                found: json_type(v),
+            })?,
+        };
+        let mut locations = Vec::with_capacity(items.len());
+        let mut without_id = 0;
+        for item in items {
+            match InstalledLocation::from_item(item) {
+                Some(l) => locations.push(l),
+                None => without_id += 1,
+            }
+        }
+        Ok(Self {
+            locations,
+            count,
+            install_to_future_locations: obj
+                .get("installToFutureLocations")
+                .and_then(serde_json::Value::as_bool),
+            without_id,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct InstalledLocation {
-    #[serde(rename(deserialize = "_id", serialize = "locationId"))]
+    #[serde(rename = "locationId")]
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub is_installed: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<String>,
+}
+
+impl InstalledLocation {
+    /// None when the item has no non-empty string `_id`.
+    fn from_item(item: &serde_json::Value) -> Option<Self> {
+        let text = |k: &str| item.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let id = text("_id").filter(|id| !id.is_empty())?;
+        Some(Self {
+            id,
+            name: text("name"),
+            address: text("address"),
+            is_installed: item.get("isInstalled").and_then(serde_json::Value::as_bool),
+            version_id: text("versionId"),
+            installed_at: text("installedAt"),
+        })
+    }
 }
 
 /// Locations per page of `GET /oauth/installedLocations`.
 pub const LOCATIONS_PAGE: u64 = 100;
 
+/// Why a listing cannot be trusted to be the whole list (and so must not
+/// be used to conclude that a location is gone).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ListingGap {
+    #[error("the page cap ({pages} pages) was reached")]
+    PageCap { pages: u32 },
+    #[error("the page at skip {skip} repeated ids already seen (skip ignored?)")]
+    RepeatedPage { skip: u64 },
+    #[error("the page at skip {skip} is unusable: {defect}")]
+    Malformed { skip: u64, defect: PageDefect },
+    #[error("the page at skip {skip} has {n} item(s) without `_id`")]
+    ItemsWithoutId { skip: u64, n: usize },
+    #[error("`count` changed from {from} to {to} while paging")]
+    CountChanged { from: u64, to: u64 },
+    #[error("`count` says {count} but {listed} distinct locations were listed")]
+    CountMismatch { count: u64, listed: u64 },
+    #[error("`count` says {count} but the page past it (skip {skip}) listed new ids")]
+    PastTheEnd { count: u64, skip: u64 },
+}
+
 /// The whole bounded listing of a company's installed locations.
 #[derive(Debug, Clone, Default)]
 pub struct AllInstalled {
     pub locations: Vec<InstalledLocation>,
-    /// HighLevel's `count`.
+    /// HighLevel's `count` (of the last usable page).
     pub count: u64,
     pub pages: u32,
-    /// False when a bound stopped the listing before its end.
-    pub complete: bool,
+    /// Why the listing is not known to be the whole list; None when it is.
+    pub gap: Option<ListingGap>,
+}
+
+impl AllInstalled {
+    /// Every page parsed, `count` agreed with what was paged, and a page
+    /// past the end added nothing.
+    pub fn complete(&self) -> bool {
+        self.gap.is_none()
+    }
 }
 
 /// Who a reconnect is for (seed 003).
@@ -504,7 +649,7 @@ impl GhlClient {
         app_id: &str,
         skip: u64,
         limit: u64,
-    ) -> Result<InstalledLocationsPage, GhlError> {
+    ) -> Result<Result<InstalledLocationsPage, PageDefect>, GhlError> {
         let req = self
             .http
             .get(format!("{}/oauth/installedLocations", self.base))
@@ -517,15 +662,21 @@ impl GhlClient {
                 ("skip", &skip.to_string()),
                 ("limit", &limit.to_string()),
             ]);
-        self.send(Endpoint::Bearer, "installed_locations", req)
-            .await
+        let body: serde_json::Value = self
+            .send(Endpoint::Bearer, "installed_locations", req)
+            .await?;
+        Ok(InstalledLocationsPage::parse(&body))
     }
 
     /// Every location `GET /oauth/installedLocations` lists for a company,
-    /// paged and bounded: at most `max_pages` pages, ids de-duplicated, and a
-    /// stop as soon as a page adds no new id (a server that ignores `skip`
-    /// repeats its first page) or `count` is reached. `complete` is false
-    /// when a bound, not the end of the list, stopped it.
+    /// paged and bounded: at most `max_pages` pages (and one more that
+    /// confirms the end), ids de-duplicated. The listing is complete only
+    /// when every page parsed strictly, `count` never changed, the distinct
+    /// ids equal `count`, and the page at `skip >= count` added no new id:
+    /// a `count` that is too small, or a page size other than ours, would
+    /// otherwise end the paging early and hide live locations. A server
+    /// that ignores `skip` repeats its first page there, which is fine.
+    /// Whatever stopped it otherwise is in `gap`.
     pub async fn all_installed_locations(
         &self,
         company_token: &SecretString,
@@ -536,45 +687,82 @@ impl GhlClient {
     ) -> Result<AllInstalled, GhlError> {
         let mut seen = std::collections::HashSet::new();
         let mut out = AllInstalled::default();
+        let mut count: Option<u64> = None;
         let mut skip = 0u64;
-        while out.pages < max_pages {
+        loop {
+            let past_the_end = count.is_some_and(|c| skip >= c);
+            if out.pages >= max_pages && !past_the_end {
+                out.gap = Some(ListingGap::PageCap { pages: out.pages });
+                return Ok(out);
+            }
             if out.pages > 0 {
                 // Under HighLevel's per-company burst limit (100 / 10 s).
                 tokio::time::sleep(pace).await;
             }
-            let page = self
+            let answer = self
                 .installed_locations(company_token, company_id, app_id, skip, LOCATIONS_PAGE)
                 .await?;
             out.pages += 1;
+            let page = match answer {
+                Ok(p) => p,
+                Err(defect) => {
+                    out.gap = Some(ListingGap::Malformed { skip, defect });
+                    return Ok(out);
+                }
+            };
+            if let Some(from) = count.filter(|c| *c != page.count) {
+                out.gap = Some(ListingGap::CountChanged {
+                    from,
+                    to: page.count,
+                });
+                return Ok(out);
+            }
+            count = Some(page.count);
             out.count = page.count;
-            let n = page.locations.len() as u64;
-            let mut fresh = 0;
+            let n = (page.locations.len() + page.without_id) as u64;
+            let mut fresh = 0u64;
             for l in page.locations {
                 if seen.insert(l.id.clone()) {
                     fresh += 1;
                     out.locations.push(l);
                 }
             }
-            skip += n;
-            if n == 0 || skip >= page.count {
-                out.complete = true;
-                return Ok(out);
-            }
-            if fresh == 0 {
-                tracing::warn!(
-                    company_id,
+            let listed = seen.len() as u64;
+            // Every check below that ends the listing needs the page's
+            // ids; items we cannot identify leave a hole in any of them.
+            out.gap = if page.without_id > 0 {
+                Some(ListingGap::ItemsWithoutId {
                     skip,
-                    "installedLocations repeated a page (skip ignored?); stopping"
-                );
-                return Ok(out);
-            }
+                    n: page.without_id,
+                })
+            } else if skip >= page.count {
+                // This page lies past the end `count` claims.
+                if fresh > 0 {
+                    Some(ListingGap::PastTheEnd {
+                        count: page.count,
+                        skip,
+                    })
+                } else if listed != page.count {
+                    Some(ListingGap::CountMismatch {
+                        count: page.count,
+                        listed,
+                    })
+                } else {
+                    None
+                }
+            } else if n == 0 {
+                Some(ListingGap::CountMismatch {
+                    count: page.count,
+                    listed,
+                })
+            } else if fresh == 0 {
+                Some(ListingGap::RepeatedPage { skip })
+            } else {
+                skip += n;
+                continue;
+            };
+            return Ok(out);
         }
-        tracing::warn!(
-            company_id,
-            pages = out.pages,
-            "installedLocations page cap reached; stopping"
-        );
-        Ok(out)
     }
 
     /// `DELETE /marketplace/app/{appId}/installations`: uninstalls the app
@@ -776,5 +964,108 @@ mod tests {
         let long = "x".repeat(5000);
         let e = err(Endpoint::Token, 400, &format!(r#"{{"message":"{long}"}}"#));
         assert!(e.to_string().len() < 500);
+    }
+
+    fn page(body: serde_json::Value) -> Result<InstalledLocationsPage, PageDefect> {
+        InstalledLocationsPage::parse(&body)
+    }
+
+    #[test]
+    fn a_well_formed_page_is_read_and_odd_metadata_dropped() {
+        let p = page(serde_json::json!({
+            "locations": [
+                {"_id": "l1", "name": "One", "isInstalled": true, "installedAt": "2026"},
+                {"_id": "l2", "name": 7, "address": null}
+            ],
+            "count": 2,
+            "installToFutureLocations": "yes",
+            "somethingNew": {}
+        }))
+        .unwrap();
+        assert_eq!(p.count, 2);
+        assert_eq!(p.without_id, 0);
+        assert_eq!(p.install_to_future_locations, None);
+        let ids: Vec<&str> = p.locations.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["l1", "l2"]);
+        assert_eq!(p.locations[0].name.as_deref(), Some("One"));
+        assert_eq!(p.locations[1].name, None);
+    }
+
+    #[test]
+    fn a_page_without_its_fields_is_a_defect_not_an_empty_listing() {
+        use serde_json::json;
+        assert_eq!(
+            page(json!({"count": 105, "installToFutureLocations": false})),
+            Err(PageDefect::Missing("locations"))
+        );
+        assert_eq!(
+            page(json!({"locations": [{"_id": "l1"}]})),
+            Err(PageDefect::Missing("count"))
+        );
+        // A field renamed by another API version.
+        assert_eq!(
+            page(json!({"installedLocations": [{"_id": "l1"}], "total": 1})),
+            Err(PageDefect::Missing("locations"))
+        );
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_are_defects() {
+        use serde_json::json;
+        for (body, field) in [
+            (json!({"locations": {"_id": "l1"}, "count": 1}), "locations"),
+            (json!({"locations": null, "count": 0}), "locations"),
+            (json!({"locations": [], "count": "0"}), "count"),
+            (json!({"locations": [], "count": -1}), "count"),
+            (json!({"locations": [], "count": 1.5}), "count"),
+            (json!({"locations": [], "count": null}), "count"),
+        ] {
+            match page(body.clone()) {
+                Err(PageDefect::WrongType { field: f, .. }) => assert_eq!(f, field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn error_shaped_bodies_are_defects_whatever_the_status() {
+        use serde_json::json;
+        for body in [
+            json!({"traceId": "abc"}),
+            json!({"statusCode": 400, "message": "Invalid parameter: appId"}),
+            json!({"statusCode": 401, "message": "Invalid JWT", "error": "Unauthorized"}),
+            json!({"error": "invalid_request", "error_description": "x"}),
+            json!({}),
+            json!({"statusCode": 503, "locations": [], "count": 0}),
+        ] {
+            assert!(
+                matches!(page(body.clone()), Err(PageDefect::ErrorShaped(_))),
+                "{body}"
+            );
+        }
+        assert_eq!(page(json!([])), Err(PageDefect::NotAnObject));
+        assert_eq!(page(json!("ok")), Err(PageDefect::NotAnObject));
+        // A 2xx statusCode beside a real page is only metadata.
+        assert!(page(json!({"statusCode": 200, "locations": [], "count": 0})).is_ok());
+        // The reason names fields, never their values.
+        let why = page(json!({"traceId": "secret-looking-value"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains("traceId") && !why.contains("secret-looking-value"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn items_without_an_id_are_counted_not_listed() {
+        use serde_json::json;
+        let p = page(json!({
+            "locations": [{"_id": "l1"}, {"id": "l2"}, {"_id": ""}, {"_id": 3}, "l4", null],
+            "count": 6
+        }))
+        .unwrap();
+        assert_eq!(p.locations.len(), 1);
+        assert_eq!(p.without_id, 5);
     }
 }

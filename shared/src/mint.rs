@@ -260,8 +260,9 @@ impl MintResponse {
 pub struct InstalledLocations {
     pub company_id: String,
     pub count: u64,
-    /// False when the listing stopped at a bound (page cap, or a server
-    /// repeating pages) before its end.
+    /// False when the listing cannot be trusted to be the whole list (a
+    /// bound stopped it, or an answer was malformed or disagreed with its
+    /// `count`; see `ghl::ListingGap`).
     pub complete: bool,
     pub locations: Vec<InstalledLocation>,
 }
@@ -670,6 +671,7 @@ impl Minter<'_> {
             state: LinkState::Installed,
             at_ms: now_millis(),
             source: "mint".into(),
+            missing_since_ms: None,
         };
         if let Err(e) = self.svc.store.set_link(&link).await {
             tracing::warn!(location_id = loc, company_id, error = %e, "location link not recorded");
@@ -726,10 +728,13 @@ impl Minter<'_> {
             )
             .await
             .map_err(|e| from_ghl(e, "listing installed locations"))?;
+        if let Some(gap) = &all.gap {
+            tracing::warn!(company_id, reason = %gap, "installed locations listed incompletely");
+        }
         Ok(InstalledLocations {
             company_id: company_id.to_owned(),
             count: all.count.max(all.locations.len() as u64),
-            complete: all.complete,
+            complete: all.complete(),
             locations: all.locations,
         })
     }

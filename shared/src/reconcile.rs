@@ -4,11 +4,17 @@
 //! (`GET /oauth/installedLocations`, bounded and paced) and compared with the
 //! links we hold:
 //! - a location HighLevel lists that we do not know (a missed INSTALL) is
-//!   linked;
-//! - a location we hold as installed that HighLevel no longer lists (a missed
-//!   UNINSTALL) is uninstalled, its grants erased, but only when the listing
-//!   was complete and our link is older than the grace period (HighLevel's
-//!   list may lag an install by a little).
+//!   linked at once, and a listed location loses any missing mark;
+//! - a location we hold as installed that a *complete* listing misses is
+//!   only marked missing; it is uninstalled (grants erased) by a later
+//!   complete listing, at least the grace period after the mark, that still
+//!   misses it, and at most `RECONCILE_MAX_REMOVALS_PERCENT` of a company's
+//!   installed links go in one run.
+//!
+//! Erasing is irreversible and HighLevel's 200s are not always listings (a
+//! renamed field, a gateway's error body, a `count` that lies, a server
+//! ignoring `skip`): a listing that is not provably whole, or that is empty
+//! while links are installed, removes nothing and is reported incomplete.
 
 use crate::config::SweepConfig;
 use crate::mint::Minter;
@@ -20,6 +26,10 @@ use serde::Serialize;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+/// Entries of [`ReconcileSummary::problems`] at most: the counts stay
+/// exact, the list only names the first companies.
+const MAX_PROBLEMS: usize = 50;
+
 /// One reconciliation run, serialised as the function's result.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -29,15 +39,60 @@ pub struct ReconcileSummary {
     pub listed: u64,
     /// Locations HighLevel lists that we did not hold (missed INSTALL).
     pub added: u64,
-    /// Locations we held that HighLevel no longer lists (missed UNINSTALL).
+    /// Links a complete listing missed for the first time: marked, kept.
+    pub marked: u64,
+    /// Missing marks cleared because HighLevel lists the location again.
+    pub cleared: u64,
+    /// Locations uninstalled (missed UNINSTALL): missing from two complete
+    /// listings at least the grace period apart.
     pub removed: u64,
-    /// Companies whose listing stopped at a bound: nothing was removed for them.
+    /// Removals held back by `RECONCILE_MAX_REMOVALS_PERCENT`: still
+    /// marked, tried again next run.
+    pub capped: u64,
+    /// Companies whose listing could not be trusted to be whole: nothing
+    /// was marked or removed for them.
     pub incomplete: u64,
     /// Companies that could not be listed (their grant, HighLevel, storage).
     pub failed: u64,
+    /// The first incomplete or failed companies, with why.
+    pub problems: Vec<Problem>,
     /// True when the deadline stopped the run before every company.
     pub stopped: bool,
     pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    pub company_id: String,
+    /// `incomplete` or `failed`.
+    pub outcome: &'static str,
+    pub reason: String,
+}
+
+impl ReconcileSummary {
+    fn problem(&mut self, company_id: &str, outcome: &'static str, reason: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(Problem {
+                company_id: company_id.to_owned(),
+                outcome,
+                reason,
+            });
+        }
+    }
+
+    fn emit_metrics(&self) {
+        for (metric, value) in [
+            ("ReconcileAdded", self.added),
+            ("ReconcileMarked", self.marked),
+            ("ReconcileRemoved", self.removed),
+            ("ReconcileCapped", self.capped),
+            ("ReconcileIncomplete", self.incomplete),
+            ("ReconcileFailed", self.failed),
+        ] {
+            crate::metrics::count(metric, value);
+        }
+    }
 }
 
 /// Reconciles every company with an active grant.
@@ -49,6 +104,19 @@ pub async fn run(
 ) -> ReconcileSummary {
     let started = Instant::now();
     let mut summary = ReconcileSummary::default();
+    run_companies(svc, cfg, deadline, owner, &mut summary).await;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.emit_metrics();
+    summary
+}
+
+async fn run_companies(
+    svc: &Services,
+    cfg: &SweepConfig,
+    deadline: Instant,
+    owner: &str,
+    summary: &mut ReconcileSummary,
+) {
     let policy = RefreshPolicy {
         suspended_retry: cfg.suspended_retry,
         backoff_base: cfg.backoff_base,
@@ -62,14 +130,14 @@ pub async fn run(
             "reconciliation needs app_id in the app secret; nothing done"
         );
         summary.failed = 1;
-        return summary;
+        return;
     };
     let companies = match active_companies(svc).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "reconciliation could not list companies");
             summary.failed = 1;
-            return summary;
+            return;
         }
     };
     let minter = Minter {
@@ -88,18 +156,20 @@ pub async fn run(
             break;
         }
         summary.companies += 1;
-        match reconcile_company(svc, cfg, &minter, &company, &app_id, &mut summary).await {
-            Ok(()) => {}
+        match reconcile_company(svc, cfg, &minter, &company, &app_id, summary).await {
+            Ok(Listing::Whole) => {}
+            Ok(Listing::Incomplete(reason)) => {
+                summary.incomplete += 1;
+                tracing::warn!(company_id = %company, reason = %reason, "installed locations listed incompletely; nothing marked or removed for this company");
+                summary.problem(&company, "incomplete", reason);
+            }
             Err(e) => {
                 summary.failed += 1;
                 tracing::warn!(install_id = %InstallId::Company(company.clone()), reason = %e, "company not reconciled");
+                summary.problem(&company, "failed", e);
             }
         }
     }
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    crate::metrics::count("ReconcileAdded", summary.added);
-    crate::metrics::count("ReconcileRemoved", summary.removed);
-    summary
 }
 
 /// Every company grant in the due index (refreshable ones: active,
@@ -125,6 +195,24 @@ async fn active_companies(svc: &Services) -> Result<Vec<String>, crate::store::S
     Ok(out)
 }
 
+/// Whether a company's listing could be acted on.
+enum Listing {
+    Whole,
+    Incomplete(String),
+}
+
+/// Removals allowed for a company holding `installed` links. At least one
+/// when the percentage is above 0: a removal already needs two agreeing
+/// complete, non-empty listings a grace period apart, and without the
+/// floor a company of fewer than 100 / percent locations (most of them)
+/// would never have a missed UNINSTALL repaired.
+fn removal_cap(installed: usize, percent: u32) -> usize {
+    if percent == 0 {
+        return 0;
+    }
+    (installed * percent as usize / 100).max(1)
+}
+
 async fn reconcile_company(
     svc: &Services,
     cfg: &SweepConfig,
@@ -132,7 +220,7 @@ async fn reconcile_company(
     company: &str,
     app_id: &str,
     summary: &mut ReconcileSummary,
-) -> Result<(), String> {
+) -> Result<Listing, String> {
     let grant = minter
         .company_token(company)
         .await
@@ -157,12 +245,15 @@ async fn reconcile_company(
         .await
         .map_err(|e| e.to_string())?;
     let now = now_millis();
-    let settled = |link: &LocationLink| now - link.at_ms >= cfg.reconcile_grace.as_millis() as i64;
-    let held: HashSet<&str> = links
+    let grace_ms = cfg.reconcile_grace.as_millis() as i64;
+    let settled = |link: &LocationLink| now - link.at_ms >= grace_ms;
+    let installed: Vec<&LocationLink> = links
         .iter()
         .filter(|l| l.state == LinkState::Installed)
-        .map(|l| l.location_id.as_str())
         .collect();
+    let held: HashSet<&str> = installed.iter().map(|l| l.location_id.as_str()).collect();
+    // What a listing names is there, even when the listing is not whole:
+    // link it, and drop any missing mark.
     for loc in &listed {
         if held.contains(loc.as_str()) {
             continue;
@@ -180,32 +271,97 @@ async fn reconcile_company(
                 state: LinkState::Installed,
                 at_ms: now,
                 source: "reconcile".into(),
+                missing_since_ms: None,
             })
             .await
             .map_err(|e| e.to_string())?;
         summary.added += 1;
         tracing::info!(company_id = company, location_id = %loc, outcome = "added", "reconciled");
     }
-    if !all.complete {
-        summary.incomplete += 1;
-        return Ok(());
+    for link in &installed {
+        if link.missing_since_ms.is_some() && listed.contains(&link.location_id) {
+            let cleared = svc
+                .store
+                .clear_link_missing(company, &link.location_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            summary.cleared += u64::from(cleared);
+            tracing::info!(company_id = company, location_id = %link.location_id, outcome = "listed again", "reconciled");
+        }
     }
-    for link in links.iter().filter(|l| l.state == LinkState::Installed) {
+    if let Some(gap) = &all.gap {
+        return Ok(Listing::Incomplete(gap.to_string()));
+    }
+    if listed.is_empty() && !installed.is_empty() {
+        // Indistinguishable from an answer that lost its items; a company
+        // whose every location went needs the UNINSTALL webhook or the
+        // operator's uninstall.
+        return Ok(Listing::Incomplete(format!(
+            "HighLevel listed no location while {} are linked as installed",
+            installed.len()
+        )));
+    }
+    let mut due: Vec<(i64, &str)> = Vec::new();
+    for link in &installed {
         if listed.contains(&link.location_id) || !settled(link) {
             continue;
         }
+        // A mark older than the link's latest event predates a reinstall.
+        match link.missing_since_ms.filter(|m| *m >= link.at_ms) {
+            None => {
+                let marked = svc
+                    .store
+                    .mark_link_missing(company, &link.location_id, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                summary.marked += u64::from(marked);
+                tracing::info!(company_id = company, location_id = %link.location_id, outcome = "marked missing", "reconciled");
+            }
+            Some(since) if now - since >= grace_ms => due.push((since, &link.location_id)),
+            Some(_) => {}
+        }
+    }
+    due.sort_unstable();
+    let cap = removal_cap(installed.len(), cfg.reconcile_max_removals_percent);
+    let held_back = due.len().saturating_sub(cap);
+    for (since, loc) in due.into_iter().take(cap) {
         crate::webhook::uninstall(
             svc,
             Some(company),
-            Some(&link.location_id),
-            "HighLevel no longer lists the app on this location (reconciliation: a missed UNINSTALL); its tokens are erased",
+            Some(loc),
+            "HighLevel no longer lists the app on this location (reconciliation: two complete listings at least the grace period apart; a missed UNINSTALL); its tokens are erased",
             now,
             "reconcile",
         )
         .await
         .map_err(|e| e.to_string())?;
         summary.removed += 1;
-        tracing::info!(company_id = company, location_id = %link.location_id, outcome = "removed", "reconciled");
+        tracing::warn!(company_id = company, location_id = %loc, missing_since_ms = since, outcome = "removed", "reconciled: location uninstalled, its tokens erased");
     }
-    Ok(())
+    if held_back > 0 {
+        summary.capped += held_back as u64;
+        tracing::warn!(
+            company_id = company,
+            capped = held_back,
+            cap,
+            installed = installed.len(),
+            "reconciliation held back removals over RECONCILE_MAX_REMOVALS_PERCENT; they stay marked missing"
+        );
+    }
+    Ok(Listing::Whole)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::removal_cap;
+
+    #[test]
+    fn the_removal_cap_is_a_share_with_a_floor_of_one() {
+        assert_eq!(removal_cap(105, 10), 10);
+        assert_eq!(removal_cap(9, 10), 1);
+        assert_eq!(removal_cap(1, 10), 1);
+        assert_eq!(removal_cap(105, 0), 0);
+        assert_eq!(removal_cap(1, 0), 0);
+        assert_eq!(removal_cap(105, 100), 105);
+    }
 }

@@ -372,6 +372,7 @@ async fn apply(svc: &Services, e: &Event) -> Result<Applied, WebhookError> {
                             state: LinkState::Installed,
                             at_ms: e.at_ms,
                             source: "webhook".into(),
+                            missing_since_ms: None,
                         })
                         .await?;
                     if !newer {
@@ -495,6 +496,7 @@ pub async fn uninstall(
         state: LinkState::Uninstalled,
         at_ms,
         source: source.to_owned(),
+        missing_since_ms: None,
     };
     let target = match (location_id, company_id) {
         (Some(loc), company) => {

@@ -9,7 +9,9 @@
 //!   `schema::create_table` makes are the same;
 //! - every environment variable a function gets is one the README's
 //!   configuration table documents for that function, and the required ones
-//!   are set.
+//!   are set;
+//! - every alarm on the code's metric namespace watches a metric the code
+//!   emits, and the metrics that must page someone have an alarm.
 //!
 //! Each check returns the list of differences, so a failure says what
 //! differs; `checks_report_mismatches` proves the checks are not vacuous.
@@ -683,6 +685,80 @@ fn environment_differences(root: &Value, readme: &str) -> Vec<String> {
     diffs
 }
 
+// ---------------------------------------------------------------- alarms
+
+/// Metrics of refresh-sweep that must have an alarm: reconciliation erasing
+/// grants, holding removals back, or unable to check a company.
+const ALARMED_SWEEP_METRICS: [&str; 4] = [
+    "ReconcileRemoved",
+    "ReconcileCapped",
+    "ReconcileIncomplete",
+    "ReconcileFailed",
+];
+
+/// Every `.rs` file of the library and the functions (not their tests),
+/// concatenated: where the metrics are named.
+fn code_sources() -> String {
+    fn walk(dir: &std::path::Path, out: &mut String) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut out = String::new();
+    walk(&shared.join("src"), &mut out);
+    for f in std::fs::read_dir(shared.join("../functions")).expect("functions/") {
+        walk(&f.unwrap().path().join("src"), &mut out);
+    }
+    out
+}
+
+/// Differences between the template's alarms and the metrics in `sources`.
+fn alarm_differences(root: &Value, sources: &str) -> Vec<String> {
+    let sweep = json!({"Ref": function_id(root, "refresh-sweep")});
+    let ours: Vec<(&String, &Value)> = Template::resources(root)
+        .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some("AWS::CloudWatch::Alarm"))
+        .filter_map(|(id, r)| Some((id, r.get("Properties")?)))
+        .filter(|(_, p)| {
+            p.get("Namespace").and_then(Value::as_str) == Some(shared::metrics::NAMESPACE)
+        })
+        .collect();
+    let mut diffs = Vec::new();
+    for (id, p) in &ours {
+        let metric = p.get("MetricName").and_then(Value::as_str).unwrap_or("");
+        if !sources.contains(&format!("\"{metric}\"")) {
+            diffs.push(format!(
+                "{id} watches {metric:?}, a metric the code never emits"
+            ));
+        }
+    }
+    for metric in ALARMED_SWEEP_METRICS {
+        let watched = ours.iter().any(|(_, p)| {
+            p.get("MetricName").and_then(Value::as_str) == Some(metric)
+                && p.get("Dimensions")
+                    .is_some_and(|d| d == &json!([{"Name": "Function", "Value": sweep}]))
+                && p.get("AlarmActions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+        });
+        if !watched {
+            diffs.push(format!(
+                "no alarm with actions watches {metric} of refresh-sweep"
+            ));
+        }
+    }
+    diffs
+}
+
 // ---------------------------------------------------------------- tests
 
 fn assert_none(what: &str, diffs: Vec<String>) {
@@ -707,6 +783,14 @@ fn installs_table_matches_the_schema() {
     assert_none(
         "the installs table differs from shared::schema",
         table_differences(&load_template()),
+    );
+}
+
+#[test]
+fn alarms_watch_metrics_the_code_emits() {
+    assert_none(
+        "alarms differ from the code's metrics",
+        alarm_differences(&load_template(), &code_sources()),
     );
 }
 
@@ -904,6 +988,27 @@ fn checks_report_mismatches() {
         &table_differences(&key),
         "is not in shared::schema",
     );
+
+    // The alarms.
+    let sources = code_sources();
+    let unalarmed = changed(&root, |t| {
+        t["Resources"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ReconcileRemovedAlarm");
+    });
+    assert_reports(
+        "missing alarm",
+        &alarm_differences(&unalarmed, &sources),
+        "no alarm with actions watches ReconcileRemoved",
+    );
+    let renamed = changed(&root, |t| {
+        t["Resources"]["ReconcileFailedAlarm"]["Properties"]["MetricName"] =
+            json!("ReconcileFailures");
+    });
+    let diffs = alarm_differences(&renamed, &sources);
+    assert_reports("unknown metric", &diffs, "\"ReconcileFailures\", a metric");
+    assert_reports("renamed metric", &diffs, "watches ReconcileFailed");
 
     // The environment.
     let undocumented = changed(&root, |t| {

@@ -47,6 +47,8 @@ pub struct SimConfig {
     pub refresh_grace_secs: u64,
     /// `GET /oauth/installedLocations` ignores `skip` (a misbehaving server).
     pub ignore_skip: bool,
+    /// `GET /oauth/installedLocations` answers 200 with this wrong body.
+    pub listing_fault: Option<ListingFault>,
 }
 
 impl Default for SimConfig {
@@ -60,6 +62,7 @@ impl Default for SimConfig {
             code_ttl_secs: 600,
             refresh_grace_secs: 0,
             ignore_skip: false,
+            listing_fault: None,
         }
     }
 }
@@ -152,6 +155,68 @@ pub enum Fault {
     /// Do not process; answer 400 in the RFC 6749 shape
     /// `{"error":"invalid_grant","error_description":"refresh token is invalid"}`.
     RfcInvalidGrant,
+}
+
+/// The 200s `GET /oauth/installedLocations` has been seen to give (or could,
+/// after a field rename at HighLevel) that are not a listing. Standing until
+/// cleared, on every page; the grant and query checks still apply first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum ListingFault {
+    /// The page without its `locations` field.
+    NoLocations,
+    /// The page without its `count` field.
+    NoCount,
+    /// `count` as a string (`"105"`).
+    CountAsString,
+    /// `count` off by `delta` from the real number (negative: smaller; not
+    /// below 0). The pages themselves are right.
+    CountOffBy { delta: i64 },
+    /// `{"locations": [], "count": 0}` whatever is installed.
+    Empty,
+    /// `{"traceId": "…"}` and nothing else.
+    TraceIdOnly,
+    /// A NestJS error envelope `{statusCode: 400, message, traceId}`.
+    ErrorEnvelope,
+    /// Every item carries `id` instead of `_id`.
+    ItemsWithoutId,
+}
+
+impl ListingFault {
+    /// The body of a page whose real items are `page` and real total `count`.
+    fn body(self, page: Vec<&Value>, count: usize) -> Value {
+        match self {
+            Self::NoLocations => json!({"count": count, "installToFutureLocations": false}),
+            Self::NoCount => json!({"locations": page, "installToFutureLocations": false}),
+            Self::CountAsString => json!({"locations": page, "count": count.to_string()}),
+            Self::CountOffBy { delta } => {
+                let wrong = (count as i64).saturating_add(delta).max(0);
+                json!({"locations": page, "count": wrong, "installToFutureLocations": false})
+            }
+            Self::Empty => json!({"locations": [], "count": 0, "installToFutureLocations": false}),
+            Self::TraceIdOnly => json!({"traceId": trace_id()}),
+            Self::ErrorEnvelope => json!({
+                "statusCode": 400,
+                "message": "Invalid parameter: version",
+                "traceId": trace_id(),
+            }),
+            Self::ItemsWithoutId => {
+                let items: Vec<Value> = page
+                    .into_iter()
+                    .map(|item| {
+                        let mut item = item.clone();
+                        if let Some(o) = item.as_object_mut()
+                            && let Some(id) = o.remove("_id")
+                        {
+                            o.insert("id".into(), id);
+                        }
+                        item
+                    })
+                    .collect();
+                json!({"locations": items, "count": count, "installToFutureLocations": false})
+            }
+        }
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -640,6 +705,12 @@ impl Sim {
     /// the first): clients must not loop on it.
     pub fn set_ignore_skip(&self, ignore: bool) {
         lock(&self.shared.cfg).ignore_skip = ignore;
+    }
+
+    /// Makes every `GET /oauth/installedLocations` answer 200 with a body
+    /// that is not a listing (see [`ListingFault`]); None restores it.
+    pub fn set_listing_fault(&self, fault: Option<ListingFault>) {
+        lock(&self.shared.cfg).listing_fault = fault;
     }
 
     /// Removes a location from the company's installed locations without
@@ -1708,7 +1779,14 @@ async fn installed_locations(
             .unwrap_or_default();
         inner.counters.installed_locations_calls += 1;
         let page: Vec<&Value> = all.iter().skip(skip).take(limit).collect();
-        api_json(StatusCode::OK, json!({"locations": page, "count": all.len(), "installToFutureLocations": false}))
+        let body = match cfg.listing_fault {
+            Some(f) => {
+                inner.counters.faults_injected += 1;
+                f.body(page, all.len())
+            }
+            None => json!({"locations": page, "count": all.len(), "installToFutureLocations": false}),
+        };
+        api_json(StatusCode::OK, body)
     })
     .await
 }
@@ -1932,17 +2010,43 @@ async fn ctl_secret(State(s): State<Arc<Shared>>, Json(b): Json<SecretBody>) -> 
 struct ConfigBody {
     #[serde(default)]
     refresh_grace_secs: Option<u64>,
+    #[serde(default)]
+    ignore_skip: Option<bool>,
+    /// Absent: unchanged; `null`: cleared.
+    #[serde(default, deserialize_with = "present")]
+    listing_fault: Option<Option<ListingFault>>,
+}
+
+/// Tells a field given as `null` (Some(None)) from one left out (None).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 async fn ctl_config(State(s): State<Arc<Shared>>, Json(b): Json<ConfigBody>) -> StatusCode {
+    let mut cfg = lock(&s.cfg);
     if let Some(n) = b.refresh_grace_secs {
-        lock(&s.cfg).refresh_grace_secs = n;
+        cfg.refresh_grace_secs = n;
+    }
+    if let Some(ignore) = b.ignore_skip {
+        cfg.ignore_skip = ignore;
+    }
+    if let Some(fault) = b.listing_fault {
+        cfg.listing_fault = fault;
     }
     StatusCode::NO_CONTENT
 }
 
 async fn ctl_config_get(State(s): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({"refreshGraceSecs": lock(&s.cfg).refresh_grace_secs}))
+    let cfg = lock(&s.cfg);
+    Json(json!({
+        "refreshGraceSecs": cfg.refresh_grace_secs,
+        "ignoreSkip": cfg.ignore_skip,
+        "listingFault": cfg.listing_fault,
+    }))
 }
 
 /// Drains the queued webhooks, oldest first.

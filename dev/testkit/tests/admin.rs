@@ -620,6 +620,7 @@ async fn uninstall_calls_highlevel_and_erases_the_tokens() {
             state: LinkState::Installed,
             at_ms: 1,
             source: "callback".into(),
+            missing_since_ms: None,
         })
         .await
         .unwrap();

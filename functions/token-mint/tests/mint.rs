@@ -240,7 +240,8 @@ async fn installed_locations_are_paged_through() {
         .collect();
     assert_eq!(got.len(), 250);
     assert!(ids.iter().all(|i| got.contains(i.as_str())));
-    assert_eq!(stack.sim.counters().installed_locations_calls, 3);
+    // Three pages and the one past `count` that confirms the end.
+    assert_eq!(stack.sim.counters().installed_locations_calls, 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

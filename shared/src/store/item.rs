@@ -40,6 +40,7 @@ pub mod attr {
     pub const LIFECYCLE_AT: &str = "lifecycle_at_ms";
     /// Epoch ms of the PLAN_CHANGE event whose plan is stored.
     pub const PLAN_AT: &str = "plan_at_ms";
+    pub const LINK_MISSING_SINCE: &str = "link_missing_since_ms";
     pub const FAILURES: &str = "failures";
     pub const INSTALLED_AT: &str = "installed_at";
     pub const LAST_INSTALLED_AT: &str = "last_installed_at";

@@ -18,7 +18,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 const COMPANY_SK: &str = "company";
-const LOCATION_SK_PREFIX: &str = "location#";
+pub(super) const LOCATION_SK_PREFIX: &str = "location#";
 const JOURNAL_SK_PREFIX: &str = "journal#";
 /// Link writes in flight at once (a bulk install names hundreds of locations).
 const LINK_WRITES_IN_FLIGHT: usize = 16;
@@ -65,6 +65,9 @@ pub struct LocationLink {
     pub at_ms: i64,
     /// Who told us: `webhook`, `callback`, `reconcile`.
     pub source: String,
+    /// Since when reconciliation has found it missing from HighLevel's
+    /// listing (epoch ms; see `store::missing`).
+    pub missing_since_ms: Option<i64>,
 }
 
 fn decode_link(item: &Item) -> Option<LocationLink> {
@@ -79,6 +82,7 @@ fn decode_link(item: &Item) -> Option<LocationLink> {
         source: get_s(item, attr::LINK_SOURCE)
             .unwrap_or_default()
             .to_owned(),
+        missing_since_ms: get_n(item, attr::LINK_MISSING_SINCE),
     })
 }
 
@@ -162,6 +166,7 @@ impl Store {
                         state: LinkState::Installed,
                         at_ms,
                         source: source.to_owned(),
+                        missing_since_ms: None,
                     },
                 );
                 set.spawn(async move { store.set_link(&link).await });

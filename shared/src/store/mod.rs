@@ -19,6 +19,7 @@ mod item;
 mod journal;
 mod lease;
 mod links;
+mod missing;
 mod webhooks;
 
 pub use codes::{CodeRecord, code_hash};
