@@ -225,6 +225,9 @@ async fn reconcile_company(
         .company_token(company)
         .await
         .map_err(|e| e.to_string())?;
+    // What the listing says, it says as of when it was asked: an install,
+    // a mint or an UNINSTALL stamped after that is newer and wins over it.
+    let listed_at = now_millis();
     let all = svc
         .ghl
         .all_installed_locations(
@@ -269,7 +272,7 @@ async fn reconcile_company(
                 company_id: company.to_owned(),
                 location_id: loc.clone(),
                 state: LinkState::Installed,
-                at_ms: now,
+                at_ms: listed_at,
                 source: "reconcile".into(),
                 missing_since_ms: None,
             })
@@ -325,16 +328,21 @@ async fn reconcile_company(
     let cap = removal_cap(installed.len(), cfg.reconcile_max_removals_percent);
     let held_back = due.len().saturating_sub(cap);
     for (since, loc) in due.into_iter().take(cap) {
-        crate::webhook::uninstall(
+        let applied = crate::webhook::uninstall(
             svc,
             Some(company),
             Some(loc),
             "HighLevel no longer lists the app on this location (reconciliation: two complete listings at least the grace period apart; a missed UNINSTALL); its tokens are erased",
-            now,
+            listed_at,
             "reconcile",
         )
         .await
         .map_err(|e| e.to_string())?;
+        if let crate::webhook::Applied::Older { newer_at_ms, .. } = applied {
+            // Installed again (or minted) since the listing was asked.
+            tracing::info!(company_id = company, location_id = %loc, newer_at_ms, outcome = "kept", "reconciled: a newer install stands");
+            continue;
+        }
         summary.removed += 1;
         tracing::warn!(company_id = company, location_id = %loc, missing_since_ms = since, outcome = "removed", "reconciled: location uninstalled, its tokens erased");
     }
