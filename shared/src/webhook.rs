@@ -456,7 +456,7 @@ async fn change_plan(
 }
 
 async fn older_plan(svc: &Services, id: &InstallId) -> Result<Applied, WebhookError> {
-    let stored = svc.store.get(id).await?;
+    let stored = svc.store.get_without_tokens(id).await?;
     Ok(Applied::Older {
         target: id.to_string(),
         newer_at_ms: stored.map_or(0, |i| i.plan_at_ms.max(i.lifecycle_at_ms)),

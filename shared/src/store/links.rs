@@ -292,13 +292,13 @@ impl Store {
             .await;
         let outcome = match res {
             Ok(out) => UninstallWrite::Applied {
-                before: self.decode(out.attributes.unwrap_or_default())?,
+                before: self.decode_without_tokens(out.attributes.unwrap_or_default())?,
             },
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => match c.item() {
                     None => return Ok(UninstallWrite::NoGrant),
                     Some(old) => {
-                        let old = self.decode(old.clone())?;
+                        let old = self.decode_without_tokens(old.clone())?;
                         if old.state == InstallState::Uninstalled && old.lifecycle_at_ms == at_ms {
                             // This very event, applied before (a retry):
                             // finish what may have failed after it.

@@ -536,6 +536,21 @@ impl Store {
         }))
     }
 
+    /// A strongly consistent read of one install's state and times, its
+    /// tokens left sealed (read as empty).
+    pub async fn get_without_tokens(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
+        let out = self
+            .table_op("dynamodb:GetItem")?
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&id.key(), GRANT_SK)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo("GetItem"))?;
+        out.item.map(|i| self.decode_without_tokens(i)).transpose()
+    }
+
     /// A strongly consistent read of one install.
     pub async fn get(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
         let out = self
@@ -551,6 +566,17 @@ impl Store {
     }
 
     pub fn decode(&self, item: Item) -> Result<Install, StoreError> {
+        self.decode_as(item, true)
+    }
+
+    /// Everything but the tokens, which read as empty and are never opened:
+    /// for the lifecycle paths (an uninstall, a plan) that erase or ignore
+    /// tokens and so need no data key.
+    pub(crate) fn decode_without_tokens(&self, item: Item) -> Result<Install, StoreError> {
+        self.decode_as(item, false)
+    }
+
+    fn decode_as(&self, item: Item, open_tokens: bool) -> Result<Install, StoreError> {
         let pk = get_s(&item, PK).unwrap_or_default().to_owned();
         let corrupt = |reason: &str| StoreError::Corrupt {
             key: pk.clone(),
@@ -577,7 +603,7 @@ impl Store {
                 .iter()
                 .any(|f| get_s(&item, f).and_then(Keyring::key_id_of) != Some(current));
         let token = |field: &str| {
-            if erased {
+            if erased || !open_tokens {
                 Ok(SecretString::new(""))
             } else {
                 open(field)
