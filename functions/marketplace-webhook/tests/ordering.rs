@@ -479,3 +479,63 @@ async fn futures_like_join(api: &RuntimeApi, ds: &[Delivery]) -> Vec<Answer> {
         _ => unreachable!("chunks of two"),
     }
 }
+
+/// HighLevel's clock may run ahead of ours (an UNINSTALL stamped two
+/// minutes from now is accepted as skew). A reinstall through the callback
+/// right after it is still the newest word on the location: served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reinstall_after_an_uninstall_stamped_ahead_of_our_clock_is_served() {
+    let stack = Stack::new().await;
+    let (sim, api, app) = (&stack.sim, &stack.api, stack.sim.app_id());
+    let hook = spawn_webhook(&stack, api, &[]);
+    let (mint_api, minter) = start_mint(&stack).await;
+    let cb_api = RuntimeApi::start().await.unwrap();
+    let cb = stack.spawn_on(&cb_api, "oauth-callback", &[("GHL_USER_TYPE", "Location")]);
+    let consent = ConsentTarget {
+        user_type: SimUserType::Location,
+        company_id: "co-f".into(),
+        location_id: Some("loc-f1".into()),
+        deny: false,
+    };
+    let install = async || {
+        let code = stack.consent_code(&consent).await;
+        let out = cb_api
+            .invoke_with(
+                function_url_event("GET", &[("code", &code)]),
+                InvokeOptions::with_deadline(Duration::from_secs(30)),
+            )
+            .await
+            .expect("the callback answers");
+        assert_eq!(out["statusCode"], 200, "{out}");
+        sim.take_webhooks();
+        code
+    };
+    let first = install().await;
+    send(
+        api,
+        &stack,
+        &targeted(
+            &app,
+            "UNINSTALL",
+            ("locationId", "loc-f1"),
+            None,
+            now_millis() + 120_000,
+        ),
+    )
+    .await
+    .accepted("uninstalled");
+    let own = InstallId::Location("loc-f1".into());
+    assert_eq!(stack.install(&own).await.state, InstallState::Uninstalled);
+    let second = install().await;
+    let again = stack.install(&own).await;
+    assert_eq!(again.state, InstallState::Active);
+    assert!(again.lifecycle_at_ms > now_millis() + 60_000, "{again:?}");
+    let r = mint(&mint_api, json!({"locationId": "loc-f1"}))
+        .await
+        .expect("the reinstalled location is served");
+    assert_eq!(r["source"], "location-install", "{r}");
+    let mut logs = hook.logs();
+    logs.extend(minter.logs());
+    logs.extend(cb.logs());
+    stack.assert_logs_clean(&logs, &[&first, &second]).await;
+}

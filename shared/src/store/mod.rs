@@ -37,7 +37,8 @@ use crate::model::{GrantInfo, InstallId, InstallState, TokenPair, UserType, now_
 use crate::redact::SecretString;
 use crate::schema::{BROKEN_SHARD, BROKEN_SINCE, DUE_AT, DUE_SHARD, PK, SK};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use item::{Item, Update, get_bool, get_list, get_n, get_s, key_of, num, s};
 
 pub const GRANT_SK: &str = "grant";
@@ -345,10 +346,6 @@ impl Store {
         self.set_due(&mut u, id, self.due_time(pair.expires_at));
         u.set(attr::FAILURES, num(0));
         u.set(attr::LAST_INSTALLED_AT, num(now));
-        // A grant HighLevel just issued (a code exchange, a mint) is the
-        // newest word on this install: an UNINSTALL stamped before it is
-        // older and erases nothing.
-        u.set(attr::LIFECYCLE_AT, num(now_millis()));
         u.set_if_absent(attr::INSTALLED_AT, num(now));
         u.set_if_absent(attr::REFRESH_COUNT, num(0));
         u.increment(attr::INSTALL_COUNT);
@@ -372,9 +369,9 @@ impl Store {
             let mut requests: Vec<aws_sdk_dynamodb::types::WriteRequest> = chunk
                 .iter()
                 .map(|(id, pair, info)| {
-                    let item = self
-                        .grant_update(id, pair, info, "seeded")
-                        .into_new_item(&id.key(), GRANT_SK);
+                    let mut u = self.grant_update(id, pair, info, "seeded");
+                    u.set(attr::LIFECYCLE_AT, num(now_millis()));
+                    let item = u.into_new_item(&id.key(), GRANT_SK);
                     let put = aws_sdk_dynamodb::types::PutRequest::builder()
                         .set_item(Some(item))
                         .build()
@@ -437,17 +434,48 @@ impl Store {
                 }
             },
         };
-        let mut u = self.grant_update(id, pair, info, reason);
-        match info.plan_id {
-            Some(_) => u.set(attr::PLAN_AT, num(plan_at)),
-            None => u.remove(attr::PLAN_AT),
+        // A grant HighLevel just issued (a code exchange, a mint) is the
+        // newest word on this install: an UNINSTALL stamped before it is
+        // older and erases nothing. Our clock says when; should HighLevel's
+        // run ahead (its event stamped later than this moment), the grant
+        // still goes after the newest event stored, so a reinstall is never
+        // read as older than the uninstall it follows.
+        let write = |lifecycle_at: i64, conditioned: bool| {
+            let mut u = self.grant_update(id, pair, info, reason);
+            u.set(attr::LIFECYCLE_AT, num(lifecycle_at));
+            match info.plan_id {
+                Some(_) => u.set(attr::PLAN_AT, num(plan_at)),
+                None => u.remove(attr::PLAN_AT),
+            };
+            let cond = conditioned.then(|| {
+                let (n, v) = (u.name(attr::LIFECYCLE_AT), u.value(num(lifecycle_at)));
+                format!("attribute_not_exists({n}) OR {n} < {v}")
+            });
+            self.update(&id.key(), GRANT_SK, u).map(|b| {
+                b.set_condition_expression(cond)
+                    .return_values(ReturnValue::AllNew)
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    )
+            })
         };
-        let out = self
-            .update(&id.key(), GRANT_SK, u)?
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await
-            .map_err(dynamo("UpdateItem(save grant)"))?;
+        let out = match write(now_millis(), true)?.send().await {
+            Ok(out) => out,
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let newest = c
+                        .item()
+                        .and_then(|old| get_n(old, attr::LIFECYCLE_AT))
+                        .unwrap_or(0);
+                    // Unconditional: the tokens must be stored whatever.
+                    write(newest.saturating_add(1), false)?
+                        .send()
+                        .await
+                        .map_err(dynamo("UpdateItem(save grant)"))?
+                }
+                _ => return Err(dynamo("UpdateItem(save grant)")(e)),
+            },
+        };
         self.decode(out.attributes.unwrap_or_default())
     }
 
