@@ -24,7 +24,11 @@
 //!    answer never arrived), `revoked` when its previous use was confirmed.
 //! 6. Still unknown when the window closes: `in_doubt`, kept in the due index
 //!    so the next holder probes it.
-//! 7. A path that did not present the token never leaves its lease behind.
+//! 7. A path that did not present the token never leaves its lease behind,
+//!    except over an abandoned lease (or when the lease write itself
+//!    failed): an abandoned lease may be the only mark of a rotated pair no
+//!    write could store, so it is left to expire and the next holder checks
+//!    the journal and probes, and an `Invalid grant` then reads as `lost`.
 
 use crate::app_secret::AppSecret;
 use crate::config::CommonConfig;
@@ -293,11 +297,15 @@ impl Refresher<'_> {
         {
             Ok(taken) => taken,
             Err(e) => {
-                // The write may have landed and only its answer been lost
-                // (a timeout): a lease under our token must not stay behind.
-                if let Err(release) = self.store.release_lease(id, &token).await {
-                    tracing::warn!(install_id = %id, error = %release, "lease release after a failed lease write failed; it expires on its own");
-                }
+                // Not given back. The write may have landed and only its
+                // answer been lost (a timeout), over a lease its holder
+                // abandoned with a rotated pair nobody could store: that
+                // lease was the only mark of the doubt, and releasing ours
+                // would erase it, so the next `Invalid grant` would read as
+                // `revoked`. Left to expire, it reads as abandoned: journal,
+                // then probe. (If the write did not land there is nothing to
+                // give back.)
+                tracing::warn!(install_id = %id, error = %e, "lease write failed; a lease it may have left expires on its own and is then treated as abandoned");
                 return Err(e.into());
             }
         };
@@ -316,8 +324,16 @@ impl Refresher<'_> {
         let presented = AtomicBool::new(false);
         let result = self.holding(&install, abandoned, slot, &presented).await;
         if result.is_err() && !presented.load(Ordering::Relaxed) {
-            // Nothing went to HighLevel: give the install back as it was.
-            if let Err(e) = self.store.release(&install).await {
+            if abandoned {
+                // The abandoned lease we took over is the only mark that the
+                // token's fate is unknown (its holder may have obtained a
+                // pair no write could store). Giving it back would make the
+                // next holder present the token in no doubt, and call the
+                // `Invalid grant` a revocation. Ours, left to expire, reads
+                // as abandoned in turn.
+                tracing::warn!(install_id = %id, "an abandoned lease was taken and the refresh failed before presenting; left to expire, so the next holder treats it as abandoned");
+            } else if let Err(e) = self.store.release(&install).await {
+                // Nothing went to HighLevel: give the install back as it was.
                 tracing::error!(install_id = %id, error = %e, "lease release after an error failed; it expires on its own");
             }
         }
