@@ -25,8 +25,7 @@
 //! 6. Still unknown when the window closes: `in_doubt`, kept in the due index
 //!    so the next holder probes it.
 //! 7. A path that did not present the token never leaves its lease behind,
-//!    except over an abandoned lease (or when the lease write itself
-//!    failed): an abandoned lease may be the only mark of a rotated pair no
+//!    except over an abandoned lease: that may be the only mark of a rotated pair no
 //!    write could store, so it is left to expire and the next holder checks
 //!    the journal and probes, and an `Invalid grant` then reads as `lost`.
 
@@ -87,6 +86,21 @@ impl RefreshPolicy {
     pub fn one_refresh(&self) -> Duration {
         self.connect_timeout + self.request_timeout + self.write_reserve
     }
+
+    /// The time a refresh needs to give an unknown outcome its whole
+    /// re-presentation window from a live holder, then store the answer.
+    /// The lease covers the same (checked at cold start).
+    pub fn whole_refresh(&self) -> Duration {
+        self.represent_window + self.one_refresh()
+    }
+
+    /// Whether a refresh may start at `now`. Only with its whole window
+    /// before `deadline`: a window cut short by the deadline leaves an
+    /// unknown outcome to the next run's probe, after HighLevel's 30 s have
+    /// passed, when the same token only earns `Invalid grant` (`lost`).
+    pub fn refresh_fits(&self, now: Instant, deadline: Option<Instant>) -> bool {
+        deadline.is_none_or(|d| now + self.whole_refresh() <= d)
+    }
 }
 
 /// What happened to one install.
@@ -103,8 +117,9 @@ pub enum Outcome {
     Missing,
     /// Revoked or lost already: left alone.
     Skipped(InstallState),
-    /// Not enough time left before the deadline to present the token and
-    /// store the answer; nothing was changed.
+    /// Not enough time left before the deadline to present the token, give
+    /// an unknown outcome its whole re-presentation window, and store the
+    /// answer; nothing was changed.
     Deferred,
     Revoked,
     /// `Invalid grant` after an unknown outcome: HighLevel rotated the token
@@ -210,8 +225,9 @@ pub struct Refresher<'a> {
     pub policy: &'a RefreshPolicy,
     pub owner: &'a str,
     pub reconnect: &'a ReconnectSwitch,
-    /// No presentation starts unless its answer can be stored before this
-    /// (the invocation's deadline less its reserve). None: the lease alone bounds it.
+    /// No refresh starts unless its whole window and the writes fit before
+    /// this (the invocation's deadline less its reserve). None: the lease
+    /// alone bounds it.
     pub deadline: Option<Instant>,
     pub first_answers: Option<&'a FirstAnswers>,
     /// Where state changes are announced.
@@ -286,7 +302,7 @@ impl Refresher<'_> {
         when: LeaseWhen,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Outcome, RefreshError> {
-        if !self.time_for(self.policy.one_refresh()) {
+        if !self.policy.refresh_fits(Instant::now(), self.deadline) {
             return Ok(Outcome::Deferred);
         }
         let token = lease_token(self.owner);
@@ -297,15 +313,14 @@ impl Refresher<'_> {
         {
             Ok(taken) => taken,
             Err(e) => {
-                // Not given back. The write may have landed and only its
-                // answer been lost (a timeout), over a lease its holder
-                // abandoned with a rotated pair nobody could store: that
-                // lease was the only mark of the doubt, and releasing ours
-                // would erase it, so the next `Invalid grant` would read as
-                // `revoked`. Left to expire, it reads as abandoned: journal,
-                // then probe. (If the write did not land there is nothing to
-                // give back.)
-                tracing::warn!(install_id = %id, error = %e, "lease write failed; a lease it may have left expires on its own and is then treated as abandoned");
+                // The write may have landed and only its answer been lost
+                // (a timeout): a lease under our token must not stay behind.
+                // (Had it landed over an abandoned lease, that mark is gone:
+                // rare, and keeping ours would lock every install whose
+                // lease write merely failed, for a whole lease.)
+                if let Err(release) = self.store.release_lease(id, &token).await {
+                    tracing::warn!(install_id = %id, error = %release, "lease release after a failed lease write failed; it expires on its own");
+                }
                 return Err(e.into());
             }
         };
@@ -338,11 +353,6 @@ impl Refresher<'_> {
             }
         }
         result
-    }
-
-    /// Whether `need` fits before the deadline.
-    fn time_for(&self, need: Duration) -> bool {
-        self.deadline.is_none_or(|d| Instant::now() + need <= d)
     }
 
     /// The last moment an answer may arrive and still be stored: the lease
@@ -918,9 +928,8 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_grows_caps_and_honours_the_floor() {
-        let p = RefreshPolicy {
+    fn policy() -> RefreshPolicy {
+        RefreshPolicy {
             lease: Duration::from_secs(90),
             suspended_retry: Duration::from_secs(6 * 3600),
             backoff_base: Duration::from_secs(60),
@@ -930,7 +939,32 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             write_reserve: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_refresh_starts_only_with_its_whole_window_before_the_deadline() {
+        let p = policy();
+        let now = Instant::now();
+        assert_eq!(p.whole_refresh(), Duration::from_secs(48));
+        // Room for one presentation and its writes (23 s), not the window.
+        assert!(!p.refresh_fits(now, Some(now + Duration::from_secs(30))));
+        assert!(!p.refresh_fits(now, Some(now + Duration::from_millis(47_999))));
+        assert!(p.refresh_fits(now, Some(now + Duration::from_secs(48))));
+        assert!(
+            p.refresh_fits(now, None),
+            "no deadline: the lease bounds it"
+        );
+        let no_window = RefreshPolicy {
+            represent_window: Duration::ZERO,
+            ..p
         };
+        assert!(no_window.refresh_fits(now, Some(now + Duration::from_secs(23))));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_the_floor() {
+        let p = policy();
         let first = backoff(&p, 1, Duration::ZERO);
         assert!(
             first >= Duration::from_secs(30) && first <= Duration::from_secs(60),

@@ -945,7 +945,7 @@ async fn a_committed_refresh_leaves_no_journal_entry() {
     let stack = Stack::new().await;
     let ids = stack.seed_many("no-journal", 5, 60).await;
     let f = stack.spawn("refresh-sweep", &[]);
-    let summary = sweep_ok(&stack, &f, Duration::from_secs(30)).await;
+    let summary = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
     assert_eq!(summary["refreshed"], 5, "{summary}");
     for id in &ids {
         assert_active_on_newest(&stack, id).await;
