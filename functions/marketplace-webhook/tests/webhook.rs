@@ -177,8 +177,10 @@ fn sealed_tokens(items: &[&Item]) -> Vec<String> {
         .collect()
 }
 
+/// The mint's Lambda timeout: a refresh starts only with its whole window
+/// (48 s at the defaults) before the deadline.
 async fn mint(api: &RuntimeApi, req: Value) -> Result<Value, InvokeError> {
-    api.invoke_with(req, InvokeOptions::with_deadline(Duration::from_secs(30)))
+    api.invoke_with(req, InvokeOptions::with_deadline(Duration::from_secs(60)))
         .await
 }
 
