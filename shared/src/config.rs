@@ -844,6 +844,40 @@ mod tests {
         assert!(err.contains("AWS_OPERATION_TIMEOUT_MS"), "{err}");
     }
 
+    /// The deployed functions set none of the timing variables, so the
+    /// defaults must fit the Lambda timeouts: a refresh starts only with its
+    /// whole window and writes before the deadline, so a timeout shorter
+    /// than that would refuse every refresh.
+    #[test]
+    fn the_deployed_timeouts_leave_room_for_a_whole_refresh() {
+        let template = include_str!("../../infra/template.yaml");
+        let timeout_of = |function: &str| -> Duration {
+            let at = template
+                .find(&format!("\n  {function}:\n"))
+                .unwrap_or_else(|| panic!("{function} is not in the template"));
+            let line = template[at..]
+                .lines()
+                .find(|l| l.trim_start().starts_with("Timeout:"))
+                .unwrap_or_else(|| panic!("{function} has no Timeout"));
+            Duration::from_secs(
+                line.trim_start()["Timeout:".len()..]
+                    .trim()
+                    .parse()
+                    .unwrap(),
+            )
+        };
+        let vars = base();
+        let sweep = SweepConfig::from_env(&Env::new(|k| vars.get(k).cloned())).unwrap();
+        let whole = sweep.common.whole_refresh();
+        assert_eq!(whole, Duration::from_secs(48));
+        // token-mint keeps 500 ms for its answer.
+        let mint = timeout_of("TokenMintFunction");
+        assert!(whole + Duration::from_millis(500) < mint, "{mint:?}");
+        assert!(mint < sweep.common.lease, "a mint outlives its lease");
+        let sweep_timeout = timeout_of("RefreshSweepFunction");
+        assert!(whole + sweep.deadline_reserve < sweep_timeout);
+    }
+
     #[test]
     fn app_name_and_highlevel_link() {
         let c = callback(&base()).unwrap();

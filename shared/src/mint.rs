@@ -546,12 +546,11 @@ impl Minter<'_> {
 
     /// A token nobody stores is a chain nobody keeps alive: neither a
     /// refresh token is presented nor a location token minted without time
-    /// left to store the answer.
-    fn time_to_store(&self, what: &str) -> Result<(), MintError> {
-        if self
-            .deadline
-            .is_some_and(|d| Instant::now() + self.policy.one_refresh() > d)
-        {
+    /// left to store the answer. `need` is one call and its writes, or a
+    /// whole refresh (window included) when the company grant must be
+    /// refreshed first.
+    fn time_to_store(&self, what: &str, need: Duration) -> Result<(), MintError> {
+        if self.deadline.is_some_and(|d| Instant::now() + need > d) {
             return Err(MintError::UpstreamUnavailable(format!(
                 "too little time is left in this invocation to {what} and store the answer safely; retry"
             )));
@@ -567,8 +566,13 @@ impl Minter<'_> {
     ) -> Result<MintResponse, MintError> {
         // Refused before the lock is taken: a request that cannot mint
         // leaves the table as it was.
-        self.stored_company(company_id).await?;
-        self.time_to_store(&format!("mint a token for location {loc}"))?;
+        let company = self.stored_company(company_id).await?;
+        let need = if usable(&company, COMPANY_MIN_VALIDITY as u64) {
+            self.policy.one_refresh()
+        } else {
+            self.policy.whole_refresh()
+        };
+        self.time_to_store(&format!("mint a token for location {loc}"), need)?;
         let minted_id = InstallId::Minted(loc.to_owned());
         let started = Instant::now();
         let lock = format!("mint#{loc}");
@@ -614,7 +618,10 @@ impl Minter<'_> {
 
     async fn mint_locked(&self, loc: &str, company_id: &str) -> Result<MintResponse, MintError> {
         let company = self.company_grant(company_id).await?;
-        self.time_to_store(&format!("mint a token for location {loc}"))?;
+        self.time_to_store(
+            &format!("mint a token for location {loc}"),
+            self.policy.one_refresh(),
+        )?;
         let grant = self
             .svc
             .ghl

@@ -148,9 +148,10 @@ async fn run_companies(
         deadline: work_deadline,
     };
     for company in companies {
-        // One company needs a refresh at worst and a few paced pages.
+        // One company needs a whole refresh (its re-presentation window
+        // included) at worst, and a few paced pages.
         if work_deadline
-            .is_none_or(|d| Instant::now() + policy.one_refresh() + Duration::from_secs(5) > d)
+            .is_none_or(|d| Instant::now() + policy.whole_refresh() + Duration::from_secs(5) > d)
         {
             summary.stopped = true;
             break;

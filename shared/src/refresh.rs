@@ -24,7 +24,10 @@
 //!    answer never arrived), `revoked` when its previous use was confirmed.
 //! 6. Still unknown when the window closes: `in_doubt`, kept in the due index
 //!    so the next holder probes it.
-//! 7. A path that did not present the token never leaves its lease behind.
+//! 7. A path that did not present the token never leaves its lease behind,
+//!    except over an abandoned lease: that may be the only mark of a rotated pair no
+//!    write could store, so it is left to expire and the next holder checks
+//!    the journal and probes, and an `Invalid grant` then reads as `lost`.
 
 use crate::app_secret::AppSecret;
 use crate::config::CommonConfig;
@@ -83,6 +86,21 @@ impl RefreshPolicy {
     pub fn one_refresh(&self) -> Duration {
         self.connect_timeout + self.request_timeout + self.write_reserve
     }
+
+    /// The time a refresh needs to give an unknown outcome its whole
+    /// re-presentation window from a live holder, then store the answer.
+    /// The lease covers the same (checked at cold start).
+    pub fn whole_refresh(&self) -> Duration {
+        self.represent_window + self.one_refresh()
+    }
+
+    /// Whether a refresh may start at `now`. Only with its whole window
+    /// before `deadline`: a window cut short by the deadline leaves an
+    /// unknown outcome to the next run's probe, after HighLevel's 30 s have
+    /// passed, when the same token only earns `Invalid grant` (`lost`).
+    pub fn refresh_fits(&self, now: Instant, deadline: Option<Instant>) -> bool {
+        deadline.is_none_or(|d| now + self.whole_refresh() <= d)
+    }
 }
 
 /// What happened to one install.
@@ -99,8 +117,9 @@ pub enum Outcome {
     Missing,
     /// Revoked or lost already: left alone.
     Skipped(InstallState),
-    /// Not enough time left before the deadline to present the token and
-    /// store the answer; nothing was changed.
+    /// Not enough time left before the deadline to present the token, give
+    /// an unknown outcome its whole re-presentation window, and store the
+    /// answer; nothing was changed.
     Deferred,
     Revoked,
     /// `Invalid grant` after an unknown outcome: HighLevel rotated the token
@@ -206,8 +225,9 @@ pub struct Refresher<'a> {
     pub policy: &'a RefreshPolicy,
     pub owner: &'a str,
     pub reconnect: &'a ReconnectSwitch,
-    /// No presentation starts unless its answer can be stored before this
-    /// (the invocation's deadline less its reserve). None: the lease alone bounds it.
+    /// No refresh starts unless its whole window and the writes fit before
+    /// this (the invocation's deadline less its reserve). None: the lease
+    /// alone bounds it.
     pub deadline: Option<Instant>,
     pub first_answers: Option<&'a FirstAnswers>,
     /// Where state changes are announced.
@@ -282,7 +302,7 @@ impl Refresher<'_> {
         when: LeaseWhen,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Outcome, RefreshError> {
-        if !self.time_for(self.policy.one_refresh()) {
+        if !self.policy.refresh_fits(Instant::now(), self.deadline) {
             return Ok(Outcome::Deferred);
         }
         let token = lease_token(self.owner);
@@ -295,6 +315,9 @@ impl Refresher<'_> {
             Err(e) => {
                 // The write may have landed and only its answer been lost
                 // (a timeout): a lease under our token must not stay behind.
+                // (Had it landed over an abandoned lease, that mark is gone:
+                // rare, and keeping ours would lock every install whose
+                // lease write merely failed, for a whole lease.)
                 if let Err(release) = self.store.release_lease(id, &token).await {
                     tracing::warn!(install_id = %id, error = %release, "lease release after a failed lease write failed; it expires on its own");
                 }
@@ -316,17 +339,20 @@ impl Refresher<'_> {
         let presented = AtomicBool::new(false);
         let result = self.holding(&install, abandoned, slot, &presented).await;
         if result.is_err() && !presented.load(Ordering::Relaxed) {
-            // Nothing went to HighLevel: give the install back as it was.
-            if let Err(e) = self.store.release(&install).await {
+            if abandoned {
+                // The abandoned lease we took over is the only mark that the
+                // token's fate is unknown (its holder may have obtained a
+                // pair no write could store). Giving it back would make the
+                // next holder present the token in no doubt, and call the
+                // `Invalid grant` a revocation. Ours, left to expire, reads
+                // as abandoned in turn.
+                tracing::warn!(install_id = %id, "an abandoned lease was taken and the refresh failed before presenting; left to expire, so the next holder treats it as abandoned");
+            } else if let Err(e) = self.store.release(&install).await {
+                // Nothing went to HighLevel: give the install back as it was.
                 tracing::error!(install_id = %id, error = %e, "lease release after an error failed; it expires on its own");
             }
         }
         result
-    }
-
-    /// Whether `need` fits before the deadline.
-    fn time_for(&self, need: Duration) -> bool {
-        self.deadline.is_none_or(|d| Instant::now() + need <= d)
     }
 
     /// The last moment an answer may arrive and still be stored: the lease
@@ -902,9 +928,8 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_grows_caps_and_honours_the_floor() {
-        let p = RefreshPolicy {
+    fn policy() -> RefreshPolicy {
+        RefreshPolicy {
             lease: Duration::from_secs(90),
             suspended_retry: Duration::from_secs(6 * 3600),
             backoff_base: Duration::from_secs(60),
@@ -914,7 +939,32 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             write_reserve: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_refresh_starts_only_with_its_whole_window_before_the_deadline() {
+        let p = policy();
+        let now = Instant::now();
+        assert_eq!(p.whole_refresh(), Duration::from_secs(48));
+        // Room for one presentation and its writes (23 s), not the window.
+        assert!(!p.refresh_fits(now, Some(now + Duration::from_secs(30))));
+        assert!(!p.refresh_fits(now, Some(now + Duration::from_millis(47_999))));
+        assert!(p.refresh_fits(now, Some(now + Duration::from_secs(48))));
+        assert!(
+            p.refresh_fits(now, None),
+            "no deadline: the lease bounds it"
+        );
+        let no_window = RefreshPolicy {
+            represent_window: Duration::ZERO,
+            ..p
         };
+        assert!(no_window.refresh_fits(now, Some(now + Duration::from_secs(23))));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_the_floor() {
+        let p = policy();
         let first = backoff(&p, 1, Duration::ZERO);
         assert!(
             first >= Duration::from_secs(30) && first <= Duration::from_secs(60),

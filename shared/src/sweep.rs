@@ -3,7 +3,8 @@
 //!
 //! Pages are streamed through a bounded channel, so memory stays flat however
 //! many installs are due. Work stops being taken when the remaining
-//! invocation time cannot cover one more refresh plus its writes, when the
+//! invocation time cannot cover one more refresh (its whole re-presentation
+//! window included) plus its writes, when the
 //! fleet breaker trips, or when HighLevel rejects the app's credentials;
 //! whatever is left stays due for the next run.
 
@@ -111,9 +112,10 @@ pub async fn run(
         reconnect_fallback: cfg.reconnect_fallback,
         ..RefreshPolicy::new(&cfg.common)
     });
-    // A refresh is started only with time for one presentation and its
-    // writes; re-presentations fit themselves into what is left.
-    let needed = policy.one_refresh() + cfg.deadline_reserve;
+    // A refresh is started only with time for its whole re-presentation
+    // window and its writes: an unknown outcome is then presented again
+    // for as long as HighLevel's window allows, by this live holder.
+    let needed = policy.whole_refresh() + cfg.deadline_reserve;
     let work_deadline = deadline.checked_sub(cfg.deadline_reserve);
     let first_answers = Arc::new(FirstAnswers::default());
     let stop = Arc::new(AtomicBool::new(false));

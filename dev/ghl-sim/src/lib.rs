@@ -527,6 +527,9 @@ struct Inner {
     /// Every access token issued, in order (revoked ones included).
     access_issued: Vec<String>,
     access: HashMap<String, Access>,
+    /// Access tokens of grants an app uninstall revoked, with their expiry:
+    /// see [`uninstall_app`].
+    uninstalled_access: HashMap<String, u64>,
     locations: BTreeMap<String, BTreeMap<String, LocationInfo>>,
     inactive: HashSet<String>,
     counters: Counters,
@@ -972,6 +975,24 @@ impl Shared {
     }
 
     fn uninstall(&self, user_type: UserType, id: &str) {
+        let access_before: Vec<(String, String, u64)> = lock(&self.inner)
+            .access
+            .iter()
+            .map(|(t, a)| (t.clone(), a.grant_id.clone(), a.expires_at_ms))
+            .collect();
+        self.uninstall_grants(user_type, id);
+        let mut inner = lock(&self.inner);
+        for (token, grant_id, expires_at_ms) in access_before {
+            if inner.grants.get(&grant_id).is_some_and(|g| g.revoked) {
+                inner.uninstalled_access.insert(token, expires_at_ms);
+            }
+        }
+        drop(inner);
+        let d = self.targeted_delivery(user_type, id, None);
+        self.enqueue(vec![d]);
+    }
+
+    fn uninstall_grants(&self, user_type: UserType, id: &str) {
         self.revoke(user_type, id);
         match user_type {
             // An agency uninstall removes the app from every sub-account too:
@@ -1005,8 +1026,6 @@ impl Shared {
                 }
             }
         }
-        let d = self.targeted_delivery(user_type, id, None);
-        self.enqueue(vec![d]);
     }
 
     fn plan_change(&self, user_type: UserType, id: &str, plan_id: &str) {
@@ -1815,6 +1834,13 @@ fn any_bearer(inner: &Inner, headers: &HeaderMap) -> Result<String, Response> {
 /// the agency and every sub-account) or one of its locations; a Location
 /// token only its own location. `reason` is required. The effect is
 /// [`Sim::uninstall`]'s: grants revoked, locations removed, UNINSTALL queued.
+///
+/// An access token of a grant that an uninstall revoked (a JWT still
+/// within its lifetime) is answered 404 "App is not installed …", not 401:
+/// the simulator's model of HighLevel checking the signed token, then
+/// finding no installation. Any other refused token gets the 401.
+/// (Undocumented at HighLevel; a 401 there means the same to a caller:
+/// nothing is known to be uninstalled.)
 async fn uninstall_app(
     State(shared): State<Arc<Shared>>,
     Path(app_id): Path<String>,
@@ -1827,7 +1853,24 @@ async fn uninstall_app(
             let inner = lock(&s.inner);
             let gid = match any_bearer(&inner, &headers) {
                 Ok(g) => g,
-                Err(r) => return r,
+                Err(r) => {
+                    let token = headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .unwrap_or_default();
+                    let gone = inner
+                        .uninstalled_access
+                        .get(token)
+                        .is_some_and(|exp| *exp > now_ms());
+                    if gone && check_version(&headers).is_ok() && app_id == own_app_id {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            "App is not installed for this companyId or locationId",
+                        );
+                    }
+                    return r;
+                }
             };
             if let Err(r) = check_version(&headers) {
                 return r;

@@ -136,8 +136,9 @@ async fn the_developer_uninstall_checks_token_version_reason_and_target() {
     assert_eq!(sim.counters().app_uninstalls, 2);
     let kinds: Vec<String> = sim.take_webhooks().into_iter().map(|d| d.kind).collect();
     assert_eq!(kinds, ["UNINSTALL", "UNINSTALL"]);
-    // Its token is dead now.
-    let (s, _) = delete(
+    // Its token still verifies, and finds no installation: not a refusal
+    // of the token (401), an answer that the app is not installed.
+    let (s, b) = delete(
         &sim,
         app,
         token,
@@ -145,5 +146,10 @@ async fn the_developer_uninstall_checks_token_version_reason_and_target() {
         json!({"companyId": "co-1", "reason": "r"}),
     )
     .await;
-    assert_eq!(s, 401);
+    assert_eq!(s, 404, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("not installed"),
+        "{b}"
+    );
+    assert_eq!(sim.counters().app_uninstalls, 2);
 }

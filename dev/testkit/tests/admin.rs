@@ -895,3 +895,189 @@ async fn index_broken_indexes_installs_broken_before_the_index_existed() {
         r.stdout
     );
 }
+
+/// HighLevel uninstalled the app already (its UNINSTALL webhook never came):
+/// its explicit "not installed" answer applies the uninstall here, and says
+/// so. A 5xx or a refused token erases nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn uninstall_records_what_highlevel_says_is_not_installed_and_nothing_on_doubt() {
+    let stack = Stack::new().await;
+    let gone = company("co-gone");
+    stack.seed_install(&gone, "co-gone", 86_399).await;
+    let gone_loc = location("loc-gone");
+    stack.seed_install(&gone_loc, "co-gone", 86_399).await;
+    stack
+        .store()
+        .link_locations("co-gone", &["loc-gone".into()], 1, "callback")
+        .await
+        .unwrap();
+    stack.sim.uninstall(SimUserType::Company, "co-gone");
+    stack.sim.take_webhooks();
+
+    let r = admin(
+        &stack,
+        &[
+            "uninstall",
+            "company#co-gone",
+            "--reason",
+            "cleanup",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    expect(&r, 0, "uninstall of an app HighLevel no longer has");
+    let out = r.json();
+    assert_eq!(out["highlevel"], "not_installed", "{out}");
+    assert!(
+        out["highlevelMessage"]
+            .as_str()
+            .unwrap()
+            .contains("not installed"),
+        "{out}"
+    );
+    assert_eq!(
+        (out["grants"].as_u64(), out["locations"].as_u64()),
+        (Some(2), Some(1)),
+        "{out}"
+    );
+    assert_eq!(
+        stack.sim.counters().app_uninstalls,
+        0,
+        "HighLevel uninstalled nothing now"
+    );
+    for id in [&gone, &gone_loc] {
+        let i = stack.install(id).await;
+        assert_eq!(i.state, InstallState::Uninstalled, "{id}");
+        let reason = i.state_reason.unwrap_or_default();
+        assert!(
+            reason.contains("not installed") && reason.contains("cleanup"),
+            "{reason}"
+        );
+    }
+    for item in stack.items().await {
+        let pk = item["pk"].as_s().unwrap();
+        if pk.contains("gone") {
+            assert!(
+                !item.contains_key("access_token") && !item.contains_key("refresh_token"),
+                "tokens left in {pk}"
+            );
+        }
+    }
+
+    // The people's answer says it too.
+    let other = location("loc-gone2");
+    stack.seed_install(&other, "co-g2", 86_399).await;
+    stack.sim.uninstall(SimUserType::Location, "loc-gone2");
+    let r = admin(
+        &stack,
+        &["uninstall", "location#loc-gone2", "--reason", "cleanup"],
+        &[],
+    )
+    .await;
+    expect(&r, 0, "uninstall of a location HighLevel no longer has");
+    assert!(
+        r.stdout
+            .contains("HighLevel says the app is not installed there any more"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stack.install(&other).await.state, InstallState::Uninstalled);
+
+    // A 5xx says nothing about the install: nothing erased, and why.
+    let busy = company("co-busy");
+    stack.seed_install(&busy, "co-busy", 86_399).await;
+    stack.sim.push_fault(Fault::ServerError { status: 503 });
+    let before = stack.items().await;
+    let r = admin(
+        &stack,
+        &["uninstall", "company#co-busy", "--reason", "x"],
+        &[],
+    )
+    .await;
+    expect(&r, 1, "uninstall answered 503");
+    assert!(
+        r.stderr.contains("503") && r.stderr.contains("nothing was changed here"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(stack.items().await, before, "the table changed");
+
+    // Nor does a refused token (revoked, not uninstalled).
+    let refused = company("co-refused");
+    stack.seed_install(&refused, "co-refused", 86_399).await;
+    stack.sim.revoke(SimUserType::Company, "co-refused");
+    let before = stack.items().await;
+    let r = admin(
+        &stack,
+        &["uninstall", "company#co-refused", "--reason", "x"],
+        &[],
+    )
+    .await;
+    expect(&r, 1, "uninstall with a refused token");
+    assert!(
+        r.stderr.contains("does not say the app is uninstalled")
+            && r.stderr.contains("nothing was changed here"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(stack.items().await, before, "the table changed");
+    assert_eq!(stack.install(&refused).await.state, InstallState::Active);
+}
+
+/// `link ID` asks for the install's stored scopes (a relinked install keeps
+/// them all); `--scope` still wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn link_for_an_install_asks_for_its_stored_scopes() {
+    let stack = Stack::new().await;
+    let id = company("co-scopes");
+    let seeded = stack.seed_install(&id, "co-scopes", 86_399).await;
+    let scope = "contacts.readonly locations.readonly oauth.readonly oauth.write";
+    let pair = shared::model::TokenPair {
+        access_token: seeded.access_token.clone(),
+        refresh_token: seeded.refresh_token.clone(),
+        expires_at: seeded.expires_at,
+    };
+    let info = shared::model::GrantInfo {
+        scope: Some(scope.into()),
+        ..seeded.info.clone()
+    };
+    stack
+        .store()
+        .save_grant(&id, &pair, &info, "installed")
+        .await
+        .unwrap();
+
+    let r = admin(&stack, &["link", "company#co-scopes", "--json"], &[]).await;
+    expect(&r, 0, "link for an install");
+    let link = r.json();
+    assert_eq!(link["scope"], scope, "{link}");
+    assert_eq!(link["scopeFrom"], "install", "{link}");
+    assert_eq!(link["installId"], "company#co-scopes", "{link}");
+    assert_eq!(link["clientId"], stack.app.client_id);
+    assert!(
+        link["url"].as_str().unwrap().contains(
+            "scope=contacts.readonly%20locations.readonly%20oauth.readonly%20oauth.write"
+        ),
+        "{link}"
+    );
+
+    let r = admin(
+        &stack,
+        &[
+            "link",
+            "--company",
+            "co-scopes",
+            "--scope",
+            "oauth.write",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    expect(&r, 0, "link with --scope");
+    assert_eq!(r.json()["scope"], "oauth.write");
+
+    let r = admin(&stack, &["link", "company#nobody"], &[]).await;
+    expect(&r, 1, "link for an unknown install");
+}

@@ -16,6 +16,12 @@
 //!   closed (a holder that died with the answer, its lease outliving the
 //!   window): every loss within the window is a failure.
 //!
+//!
+//! With the window, one sweep invocation a round has a short deadline and
+//! ends mid-run with refreshes in flight (`stopped: deadline`): a refresh
+//! starts only when its whole window fits before the deadline, so even
+//! those lose nothing.
+//!
 //! Size: `CHAOS_INSTALLS` (default 120). Longer form:
 //! `CHAOS_INSTALLS=5000 cargo test -p refresh-sweep --test chaos -- --nocapture`
 //! (with moto up, see dev/test.sh).
@@ -45,6 +51,11 @@ const SWEEP_ENV: &[(&str, &str)] = &[
     ("SWEEP_DEADLINE_RESERVE_MS", "500"),
     ("BREAKER_MIN_ATTEMPTS", "100000"),
 ];
+
+/// The deadline of one sweep invocation a round in window mode: it starts
+/// refreshes for its first 0.7 s only (a whole refresh, 12.8 s, plus the
+/// 0.5 s reserve), then stops taking work and answers by its deadline.
+const SHORT_SWEEP_DEADLINE_MS: u64 = 14_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_strict_highlevel_loses_only_confirmed_rotations() {
@@ -100,6 +111,7 @@ async fn chaos(grace_secs: u64) {
         .map(|_| stack.spawn_on(&mint_api, "token-mint", SWEEP_ENV))
         .collect();
     let mut kills = 0;
+    let mut deadline_stops = 0;
     let mut mint_ok = 0;
     let mut mint_err: BTreeMap<String, u32> = BTreeMap::new();
     let mut rounds = 0;
@@ -112,7 +124,23 @@ async fn chaos(grace_secs: u64) {
         }
         let api = &stack.api;
         let opts = || InvokeOptions::with_deadline(Duration::from_secs(30));
-        let sweep_calls = (0..3).map(|_| api.invoke_with(scheduled_event(), opts()));
+        // With the window, one sweep a round is deadline-bound: it ends at
+        // its deadline mid-run, with refreshes in flight (a whole refresh is
+        // 13.3 s here). Each must still get its whole window from that live
+        // holder, so nothing is lost but a killed holder's.
+        let sweep_deadline = |i: usize| {
+            if grace_secs > 0 && i == 2 {
+                Duration::from_millis(SHORT_SWEEP_DEADLINE_MS)
+            } else {
+                Duration::from_secs(30)
+            }
+        };
+        let sweep_calls = (0..3).map(|i| {
+            api.invoke_with(
+                scheduled_event(),
+                InvokeOptions::with_deadline(sweep_deadline(i)),
+            )
+        });
         let mint_calls = mint_targets
             .iter()
             .map(|(c, l)| mint_api.invoke_with(json!({"locationId": l, "companyId": c}), opts()));
@@ -127,7 +155,12 @@ async fn chaos(grace_secs: u64) {
         let (results, ()) = tokio::join!(join_all(all), killer);
         for (i, r) in results.iter().take(3).enumerate() {
             match r {
-                Ok(summary) => println!("{mode} round {rounds} sweep {i}: {summary}"),
+                Ok(summary) => {
+                    println!("{mode} round {rounds} sweep {i}: {summary}");
+                    if summary["stopped"] == "deadline" {
+                        deadline_stops += 1;
+                    }
+                }
                 Err(e) => {
                     println!("{mode} round {rounds} sweep {i}: {e:?}; its last log lines:");
                     for line in sweeps[i].logs().iter().rev().take(15).rev() {
@@ -236,7 +269,7 @@ async fn chaos(grace_secs: u64) {
     println!(
         "chaos {mode}: installs={n} rounds={rounds} kills={kills} mints_ok={mint_ok} mint_errors={mint_err:?} \
          states={states:?} lost_confirmed={confirmed_losses} needless_losses={} unconfirmed_losses={} \
-         stale_presentations={} grace_replays={} refresh_tokens_issued={} faults_injected={} lost_after_the_window={lost_outside_window} took={:?}",
+         stale_presentations={} grace_replays={} refresh_tokens_issued={} faults_injected={} lost_after_the_window={lost_outside_window} deadline_stops={deadline_stops} took={:?}",
         needless_losses.len(),
         unconfirmed_losses.len(),
         counters.stale_presentations,
@@ -280,6 +313,12 @@ async fn chaos(grace_secs: u64) {
         counters.faults_injected > 0,
         "the run injected no faults, so it proved nothing"
     );
+    if grace_secs > 0 {
+        assert!(
+            deadline_stops > 0,
+            "no sweep invocation ended at its deadline mid-run, so the deadline case proved nothing"
+        );
+    }
 }
 
 /// Whether any install still waits: due, in doubt, retrying, or leased.

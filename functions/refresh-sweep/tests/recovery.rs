@@ -855,6 +855,89 @@ async fn a_commit_that_cannot_be_written_goes_to_the_journal_and_is_adopted() {
     );
 }
 
+/// Short timeouts and lease, so a commit's retries and a lease both end
+/// within a test.
+const TIGHT: [(&str, &str); 6] = [
+    ("GHL_REPRESENT_WINDOW_MS", "0"),
+    ("GHL_CONNECT_TIMEOUT_MS", "1000"),
+    ("GHL_HTTP_TIMEOUT_MS", "2000"),
+    ("AWS_ATTEMPT_TIMEOUT_MS", "1000"),
+    ("AWS_OPERATION_TIMEOUT_MS", "1000"),
+    ("LEASE_SECS", "6"),
+];
+
+/// One sweep through a store that refuses what `fail` picks; the process is
+/// gone when it returns.
+async fn sweep_through_faults(stack: &Stack, fail: Arc<StoreFault>) -> Value {
+    let proxy = store_fault_proxy(fail).await;
+    let mut env: Vec<(&str, &str)> = TIGHT.to_vec();
+    env.push(("AWS_ENDPOINT_URL_DYNAMODB", proxy.as_str()));
+    let mut f = stack.spawn("refresh-sweep", &env);
+    let summary = sweep_ok(stack, &f, Duration::from_secs(12)).await;
+    f.kill().await;
+    summary
+}
+
+/// HighLevel rotated the token, and neither the commit nor the journal could
+/// store the pair (an overloaded store). The next holder found the abandoned
+/// lease and could not even read the journal. The grant's fate is unknown,
+/// so HighLevel's `Invalid grant` must read `lost` (alarm: our failure), not
+/// `revoked` ("the customer uninstalled"): the chain at HighLevel is one
+/// rotation ahead of the row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pair_no_write_could_store_is_never_called_a_revocation() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("unstored".into());
+    let seeded = stack.seed_install(&id, "unstored", 60).await;
+    let old = seeded.refresh_token.expose().to_owned();
+
+    let refuse_commit_and_journal: Arc<StoreFault> = Arc::new(|op: &str, body: &[u8]| {
+        let body = String::from_utf8_lossy(body);
+        (op == "UpdateItem" && body.contains("refresh_count"))
+            || (op == "PutItem" && body.contains("journal#"))
+    });
+    let s = sweep_through_faults(&stack, refuse_commit_and_journal).await;
+    assert_eq!(
+        (s["unstored"].as_u64(), s["journaled"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert!(
+        !stack.sim.ledger().is_live(&old),
+        "HighLevel rotated the token"
+    );
+    let held = stack.install(&id).await;
+    assert_eq!(held.version, seeded.version, "nothing was stored");
+    assert!(held.lease_owner.is_some(), "the lease is the mark");
+
+    // The lease lapses; the next holder takes it as abandoned, and the
+    // journal read fails before anything is presented.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let refuse_journal_reads: Arc<StoreFault> = Arc::new(|op: &str, body: &[u8]| {
+        op == "Query" && String::from_utf8_lossy(body).contains("journal#")
+    });
+    let s = sweep_through_faults(&stack, refuse_journal_reads).await;
+    assert_eq!(s["storeErrors"], 1, "{s}");
+    assert_eq!(presentations(&stack, &old), 1, "not presented again");
+    let held = stack.install(&id).await;
+    assert!(
+        held.lease_owner.is_some() && held.doubt_since_ms.is_none(),
+        "the mark of the doubt (an unreleased lease) was kept"
+    );
+
+    // A working store: the lease reads as abandoned again, the probe earns
+    // `Invalid grant`, and that is a loss, not a revocation.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let f = stack.spawn("refresh-sweep", &TIGHT);
+    let s = sweep_ok(&stack, &f, Duration::from_secs(20)).await;
+    assert_eq!(
+        (s["lost"].as_u64(), s["revoked"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert_confirmed_lost(&stack, &id, &old).await;
+}
+
 /// A refresh whose commit lands writes no journal entry: the lease and the
 /// commit are its only writes.
 #[tokio::test(flavor = "multi_thread")]
@@ -862,7 +945,7 @@ async fn a_committed_refresh_leaves_no_journal_entry() {
     let stack = Stack::new().await;
     let ids = stack.seed_many("no-journal", 5, 60).await;
     let f = stack.spawn("refresh-sweep", &[]);
-    let summary = sweep_ok(&stack, &f, Duration::from_secs(30)).await;
+    let summary = sweep_ok(&stack, &f, Duration::from_secs(60)).await;
     assert_eq!(summary["refreshed"], 5, "{summary}");
     for id in &ids {
         assert_active_on_newest(&stack, id).await;

@@ -136,7 +136,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     let revoked = InstallId::Company("gone".into());
     stack.seed_install(&revoked, "gone", 60).await;
     stack.sim.revoke(ghl_sim::UserType::Company, "gone");
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["revoked"], 1, "{s}");
     let i = stack.install(&revoked).await;
     assert_eq!(i.state, InstallState::Revoked);
@@ -151,7 +151,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     let suspended = InstallId::Location("sleepy".into());
     stack.seed_install(&suspended, "co-s", 60).await;
     stack.sim.set_location_active("sleepy", false);
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["suspended"], 1, "{s}");
     let i = stack.install(&suspended).await;
     assert_eq!(i.state, InstallState::Suspended);
@@ -165,7 +165,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     );
     stack.sim.set_location_active("sleepy", true);
     stack.make_due(&suspended).await;
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["refreshed"], 1, "{s}");
     assert_eq!(stack.install(&suspended).await.state, InstallState::Active);
 
@@ -174,7 +174,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     let limited = InstallId::Company("limited".into());
     stack.seed_install(&limited, "limited", 60).await;
     stack.sim.push_fault(Fault::RateLimited);
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["retrying"], 1, "{s}");
     let i = stack.install(&limited).await;
     assert_eq!((i.state, i.failures), (InstallState::Retrying, 1));
@@ -182,7 +182,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     assert!(i.doubt_since_ms.is_none());
     assert!(stack.sim.ledger().is_live(i.refresh_token.expose()));
     stack.make_due(&limited).await;
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["refreshed"], 1, "recovers: {s}");
     let i = stack.install(&limited).await;
     assert_eq!((i.state, i.failures), (InstallState::Active, 0));
@@ -193,7 +193,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     let flaky = InstallId::Company("flaky".into());
     stack.seed_install(&flaky, "flaky", 60).await;
     stack.sim.push_fault(Fault::ServerError { status: 503 });
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["recovered"], 1, "{s}");
     let i = stack.install(&flaky).await;
     assert_eq!((i.state, i.refresh_count), (InstallState::Active, 1));
@@ -206,7 +206,7 @@ async fn each_failure_class_ends_in_its_own_state() {
     let dropped = InstallId::Company("dropped".into());
     let seeded = stack.seed_install(&dropped, "dropped", 60).await;
     stack.sim.push_fault(Fault::Drop);
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(
         (s["lost"].as_u64(), s["revoked"].as_u64()),
         (Some(1), Some(0)),
@@ -240,14 +240,14 @@ async fn each_failure_class_ends_in_its_own_state() {
         chain.newest_presented, 0,
         "the new pair never reached us: {chain:?} {ledger:?}"
     );
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["examined"], 0, "lost installs are not swept again: {s}");
 
     // Invalid client credentials: no install marked, run stopped with a stable errorType.
     let innocent = InstallId::Company("innocent".into());
     let before = stack.seed_install(&innocent, "innocent", 60).await;
     stack.sim.set_client_secret("rotated-on-highlevel");
-    match sweep(&stack, Duration::from_secs(30)).await {
+    match sweep(&stack, Duration::from_secs(60)).await {
         Err(InvokeError::Function {
             error_type,
             error_message,
@@ -343,7 +343,7 @@ async fn a_token_obtained_but_never_committed_is_recovered_not_burned() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 
     let _f = stack.spawn("refresh-sweep", &[]);
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["recovered"], 1, "{s}");
     let i = stack.install(&id).await;
     assert_eq!(
@@ -372,7 +372,7 @@ async fn invalid_grant_looks_for_a_newer_token_before_revoking() {
         .await
         .unwrap();
     let _f = stack.spawn("refresh-sweep", &[]);
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["recovered"], 1, "{s}");
     let i = stack.install(&id).await;
     assert_eq!(i.state, InstallState::Active);
@@ -461,7 +461,7 @@ async fn a_malformed_event_is_refused_and_changes_nothing() {
     .unwrap();
     let r = stack
         .api
-        .invoke_with(event, InvokeOptions::with_deadline(Duration::from_secs(30)))
+        .invoke_with(event, InvokeOptions::with_deadline(Duration::from_secs(60)))
         .await;
     match r {
         Err(InvokeError::Function { error_message, .. }) => {
@@ -488,7 +488,7 @@ async fn state_times_change_only_when_the_state_does() {
     let seeded = stack.seed_install(&id, "steady", 60).await;
     let _f = stack.spawn("refresh-sweep", &[]);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let s = sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    let s = sweep(&stack, Duration::from_secs(60)).await.unwrap();
     assert_eq!(s["refreshed"], 1, "{s}");
     let i = stack.install(&id).await;
     assert_eq!(i.state, InstallState::Active);
@@ -507,16 +507,59 @@ async fn state_times_change_only_when_the_state_does() {
     // Two rate limits: the first enters `retrying`, the second keeps it.
     stack.make_due(&id).await;
     stack.sim.push_fault(Fault::RateLimited);
-    sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    sweep(&stack, Duration::from_secs(60)).await.unwrap();
     let first = stack.install(&id).await;
     assert_eq!(first.state, InstallState::Retrying, "{first:?}");
     assert!(first.state_changed_at > seeded.state_changed_at);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     stack.make_due(&id).await;
     stack.sim.push_fault(Fault::RateLimited);
-    sweep(&stack, Duration::from_secs(30)).await.unwrap();
+    sweep(&stack, Duration::from_secs(60)).await.unwrap();
     let second = stack.install(&id).await;
     assert_eq!(second.state, InstallState::Retrying, "{second:?}");
     assert_eq!(second.state_changed_at, first.state_changed_at);
     assert_eq!(second.failures, first.failures + 1);
+}
+
+/// A refresh starts only with its whole re-presentation window before the
+/// deadline: with time for one presentation and its writes but not the
+/// window, the install is left due and its token is not presented.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_starts_only_with_its_whole_window_before_the_deadline() {
+    let stack = Stack::new().await;
+    let id = InstallId::Company("window-fits".into());
+    let seeded = stack.seed_install(&id, "window-fits", 60).await;
+    // One presentation and its writes: 0.3 + 1.5 + 2 × 1 s + the 0.5 s
+    // reserve = 4.3 s; with the 4 s window, 8.3 s.
+    let f = stack.spawn(
+        "refresh-sweep",
+        &[
+            ("GHL_CONNECT_TIMEOUT_MS", "300"),
+            ("GHL_HTTP_TIMEOUT_MS", "1500"),
+            ("GHL_REPRESENT_WINDOW_MS", "4000"),
+            ("AWS_ATTEMPT_TIMEOUT_MS", "1000"),
+            ("AWS_OPERATION_TIMEOUT_MS", "1000"),
+            ("LEASE_SECS", "10"),
+            ("SWEEP_DEADLINE_RESERVE_MS", "500"),
+        ],
+    );
+    let s = sweep(&stack, Duration::from_secs(7))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}; logs: {:#?}", f.logs()));
+    assert_eq!(
+        (s["examined"].as_u64(), s["refreshed"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["stillDue"], 1, "{s}");
+    assert_eq!(s["stopped"], "deadline", "{s}");
+    let i = stack.install(&id).await;
+    assert!(i.lease_owner.is_none() && i.due_at.unwrap() <= now_secs());
+    assert_eq!(stack.sim.counters().refreshes, 0, "nothing was presented");
+
+    let s = sweep(&stack, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}; logs: {:#?}", f.logs()));
+    assert_eq!(s["refreshed"], 1, "{s}");
+    assert_eq!(stack.install(&id).await.version, seeded.version + 1);
 }

@@ -12,7 +12,7 @@ use testkit::{FunctionProcess, InvokeError, InvokeOptions};
 async fn invoke(stack: &Stack, event: Value) -> Result<Value, InvokeError> {
     stack
         .api
-        .invoke_with(event, InvokeOptions::with_deadline(Duration::from_secs(30)))
+        .invoke_with(event, InvokeOptions::with_deadline(Duration::from_secs(60)))
         .await
 }
 
@@ -887,4 +887,56 @@ async fn two_waves_of_concurrent_mints_for_one_location_make_one_highlevel_call(
     }
     let logs: Vec<String> = procs.iter().flat_map(|p| p.logs()).collect();
     stack.assert_logs_clean(&logs, &[]).await;
+}
+
+/// The mint refreshes a company grant only with the whole re-presentation
+/// window before its deadline, not just one presentation and its writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mint_refreshes_only_with_the_whole_window_before_its_deadline() {
+    let stack = Stack::new().await;
+    let company = InstallId::Company("co-w".into());
+    let before = stack.seed_install(&company, "co-w", 100).await;
+    stack.sim.add_locations("co-w", &[("loc-w", "W")]);
+    // One presentation and its writes: 0.3 + 1.5 + 2 × 1 s = 3.8 s; with the
+    // 6 s window 9.8 s; the handler keeps 0.5 s.
+    let f = stack.spawn(
+        "token-mint",
+        &[
+            ("GHL_CONNECT_TIMEOUT_MS", "300"),
+            ("GHL_HTTP_TIMEOUT_MS", "1500"),
+            ("GHL_REPRESENT_WINDOW_MS", "6000"),
+            ("AWS_ATTEMPT_TIMEOUT_MS", "1000"),
+            ("AWS_OPERATION_TIMEOUT_MS", "1000"),
+            ("LEASE_SECS", "15"),
+        ],
+    );
+    let items_before = stack.items().await;
+    let (t, m) = failed(
+        stack
+            .api
+            .invoke_with(
+                json!({"locationId": "loc-w", "companyId": "co-w"}),
+                InvokeOptions::with_deadline(Duration::from_secs(8)),
+            )
+            .await,
+        &[&f],
+    );
+    assert_eq!(t, "UpstreamUnavailable", "{m}");
+    assert!(m.contains("too little time is left"), "{m}");
+    let entry = ledger_entry(&stack, before.refresh_token.expose());
+    assert_eq!(entry.presented, 0, "{entry:?}");
+    assert_eq!(stack.items().await, items_before, "the table changed");
+
+    let ok = served(
+        stack
+            .api
+            .invoke_with(
+                json!({"locationId": "loc-w", "companyId": "co-w"}),
+                InvokeOptions::with_deadline(Duration::from_secs(20)),
+            )
+            .await,
+        &[&f],
+    );
+    assert_eq!(ok["source"], "minted", "{ok}");
+    assert_eq!(stack.install(&company).await.refresh_count, 1);
 }

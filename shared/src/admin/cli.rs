@@ -23,12 +23,16 @@ operating installs (add --json to any of them for a JSON answer):
   refresh ID                  refresh it now under the lease/journal protocol (a sweep or mint
                               holding it answers `locked`); prints the outcome
   probe ID                    the same, only for an in_doubt install
-  link [--white-label] [--version-id V] [--scope \"a b\"] [--base URL]
+  link [ID] [--white-label] [--version-id V] [--scope \"a b\"] [--base URL]
                               the marketplace install link to send a customer (GHL_REDIRECT_URI
                               required; --base or GHL_MARKETPLACE_BASE_URL replace the
-                              marketplace host, for tests and the local stack)
+                              marketplace host, for tests and the local stack). With an install,
+                              it asks for that install's stored scopes (--scope still wins);
+                              without, for oauth.readonly oauth.write
   uninstall ID --reason TEXT  uninstall the app at HighLevel with the install's own token, then
-                              erase its tokens here as the UNINSTALL webhook does
+                              erase its tokens here as the UNINSTALL webhook does; also when
+                              HighLevel answers that the app is not installed there any more
+                              (a refused token, a 5xx or no answer erase nothing)
   index-broken                put installs broken before broken-index existed into it (once,
                               after deploying the index; resumable)
 
@@ -85,6 +89,8 @@ fn options_of(command: &str) -> Option<&'static [(&'static str, bool)]> {
         "show" | "refresh" | "probe" => &[("--json", false), ID[0], ID[1]],
         "link" => &[
             ("--json", false),
+            ID[0],
+            ID[1],
             ("--white-label", false),
             ("--version-id", true),
             ("--scope", true),
@@ -248,12 +254,18 @@ pub fn parse(args: &[String]) -> Result<Invocation, AdminError> {
         "refresh" => Command::Refresh(install()?),
         "probe" => Command::Probe(install()?),
         "link" => {
-            no_positional()?;
+            // The install is optional: a first install has none.
+            let install = if positional.is_empty() && !has("--company") && !has("--location") {
+                None
+            } else {
+                Some(install()?)
+            };
             Command::Link(LinkOptions {
                 white_label: has("--white-label"),
                 version_id: value("--version-id"),
                 scope: value("--scope"),
                 base: value("--base"),
+                install,
             })
         }
         "uninstall" => {
@@ -327,7 +339,25 @@ mod tests {
                 white_label: true,
                 version_id: Some("v1".into()),
                 scope: Some("a b".into()),
-                base: None
+                base: None,
+                install: None
+            })
+        );
+        assert_eq!(
+            p(&["link", "company#c1"]).unwrap().command,
+            Command::Link(LinkOptions {
+                install: Some(InstallId::Company("c1".into())),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            p(&["link", "--location", "l1", "--scope", "x.y"])
+                .unwrap()
+                .command,
+            Command::Link(LinkOptions {
+                install: Some(InstallId::Location("l1".into())),
+                scope: Some("x.y".into()),
+                ..Default::default()
             })
         );
         assert_eq!(
@@ -362,6 +392,8 @@ mod tests {
         assert!(err(&["uninstall", "company#c"]).contains("--reason"));
         assert!(err(&["uninstall", "company#c", "--reason", " "]).contains("--reason is empty"));
         assert!(err(&["link", "--scope"]).contains("--scope needs a value"));
+        assert!(err(&["link", "c1"]).contains("has no kind"));
+        assert!(err(&["link", "company#a", "company#b"]).contains("one install; 2"));
         assert!(err(&["list", "--json"]).contains("list does not take \"--json\""));
     }
 }

@@ -4,9 +4,14 @@
 //! `redirect_uri` (the oauth-callback), the `scope` and optionally the
 //! `version_id` to install. The consent page redirects to the callback with
 //! a code, which the callback turns into an install.
+//!
+//! Given an install (`link company#C`), the link asks for that install's
+//! stored scopes, so a relinked install keeps every scope it had; an
+//! explicit `--scope` still wins.
 
 use super::{AdminError, Report, check_id};
 use crate::config::Env;
+use crate::model::InstallId;
 use serde::Serialize;
 use url::Url;
 
@@ -22,10 +27,13 @@ pub const BASE_URL_VAR: &str = "GHL_MARKETPLACE_BASE_URL";
 pub struct LinkOptions {
     pub white_label: bool,
     pub version_id: Option<String>,
-    /// Space-separated; [`DEFAULT_SCOPE`] when None.
+    /// Space-separated; when None, the install's stored scopes, else
+    /// [`DEFAULT_SCOPE`].
     pub scope: Option<String>,
     /// The consent page's origin instead of HighLevel's (`--base`).
     pub base: Option<String>,
+    /// The install being relinked: its stored scopes are asked for.
+    pub install: Option<InstallId>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +43,11 @@ pub struct Link {
     pub client_id: String,
     pub redirect_uri: String,
     pub scope: String,
+    /// Where the scope came from: `--scope`, `install` (its stored scopes)
+    /// or `default`.
+    pub scope_from: &'static str,
+    /// The install being relinked, if one was named.
+    pub install_id: Option<String>,
     pub version_id: Option<String>,
     pub white_label: bool,
 }
@@ -88,7 +101,10 @@ fn check_scope(scope: &str) -> Result<String, AdminError> {
 pub struct LinkPlan {
     base: Url,
     redirect_uri: String,
-    scope: String,
+    /// None until an install's stored scopes are filled in.
+    scope: Option<String>,
+    scope_from: &'static str,
+    install: Option<InstallId>,
     version_id: Option<String>,
     white_label: bool,
 }
@@ -105,7 +121,11 @@ pub fn plan(env: &Env, opts: &LinkOptions) -> Result<LinkPlan, AdminError> {
             "the redirect URI registered in the HighLevel app (the CallbackUrl output), an absolute https:// URL",
         )?,
     )?;
-    let scope = check_scope(opts.scope.as_deref().unwrap_or(DEFAULT_SCOPE))?;
+    let (scope, scope_from) = match (&opts.scope, &opts.install) {
+        (Some(s), _) => (Some(check_scope(s)?), "--scope"),
+        (None, Some(_)) => (None, "install"),
+        (None, None) => (Some(DEFAULT_SCOPE.to_owned()), "default"),
+    };
     if let Some(v) = &opts.version_id {
         check_id("--version-id", v)?;
     }
@@ -119,14 +139,51 @@ pub fn plan(env: &Env, opts: &LinkOptions) -> Result<LinkPlan, AdminError> {
         base,
         redirect_uri,
         scope,
+        scope_from,
+        install: opts.install.clone(),
         version_id: opts.version_id.clone(),
         white_label: opts.white_label,
     })
 }
 
 impl LinkPlan {
+    /// The install whose stored scopes must be read before [`LinkPlan::link`].
+    pub fn needs_stored_scope(&self) -> Option<&InstallId> {
+        self.install.as_ref().filter(|_| self.scope.is_none())
+    }
+
+    /// Fills in the install's stored scopes (`scope` as stored, space
+    /// separated). An install with none stored is refused rather than given
+    /// the default, which would silently drop its other scopes.
+    pub fn with_stored_scope(mut self, stored: Option<&str>) -> Result<Self, AdminError> {
+        let Some(id) = self.needs_stored_scope() else {
+            return Ok(self);
+        };
+        let stored = stored.map(str::trim).filter(|s| !s.is_empty());
+        let scope = stored.ok_or_else(|| {
+            AdminError::Failed(format!(
+                "{id} has no stored scopes; give the scopes to ask for with --scope \"a b\""
+            ))
+        })?;
+        let scope = check_scope(scope).map_err(|e| {
+            AdminError::Failed(format!(
+                "{id}'s stored scopes cannot be used ({e}); give them with --scope"
+            ))
+        })?;
+        self.scope = Some(scope);
+        Ok(self)
+    }
+
     /// The install link for the app `client_id`.
     pub fn link(&self, client_id: &str) -> Link {
+        debug_assert!(
+            self.needs_stored_scope().is_none(),
+            "with_stored_scope first"
+        );
+        let scope = self
+            .scope
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SCOPE.to_owned());
         let mut url = self.base.clone();
         let path = format!("{}{CONSENT_PATH}", url.path().trim_end_matches('/'));
         url.set_path(&path);
@@ -135,7 +192,7 @@ impl LinkPlan {
             q.append_pair("response_type", "code")
                 .append_pair("client_id", client_id)
                 .append_pair("redirect_uri", &self.redirect_uri)
-                .append_pair("scope", &self.scope);
+                .append_pair("scope", &scope);
             if let Some(v) = &self.version_id {
                 q.append_pair("version_id", v);
             }
@@ -148,7 +205,13 @@ impl LinkPlan {
             url: url.into(),
             client_id: client_id.to_owned(),
             redirect_uri: self.redirect_uri.clone(),
-            scope: self.scope.clone(),
+            scope,
+            scope_from: if self.scope.is_some() {
+                self.scope_from
+            } else {
+                "default"
+            },
+            install_id: self.install.as_ref().map(InstallId::key),
             version_id: self.version_id.clone(),
             white_label: self.white_label,
         }
@@ -222,6 +285,7 @@ mod tests {
                 version_id: Some("66abc".into()),
                 scope: Some("  contacts.readonly   oauth.write ".into()),
                 base: None,
+                install: None,
             },
         )
         .unwrap();
@@ -232,6 +296,65 @@ mod tests {
         let p = pairs(&wl.url);
         assert!(p.contains(&("version_id".into(), "66abc".into())));
         assert!(p.contains(&("scope".into(), "contacts.readonly oauth.write".into())));
+    }
+
+    #[test]
+    fn a_relinked_install_asks_for_its_stored_scopes_unless_scope_is_given() {
+        let e = env(&[("GHL_REDIRECT_URI", "https://cb.example.com/")]);
+        let id = InstallId::Company("c1".into());
+        let opts = LinkOptions {
+            install: Some(id.clone()),
+            ..Default::default()
+        };
+        let p = plan(&e, &opts).unwrap();
+        assert_eq!(p.needs_stored_scope(), Some(&id));
+        let l = p
+            .with_stored_scope(Some(
+                "contacts.readonly oauth.readonly oauth.write  locations.readonly",
+            ))
+            .unwrap()
+            .link("cid");
+        assert_eq!(
+            l.scope,
+            "contacts.readonly oauth.readonly oauth.write locations.readonly"
+        );
+        assert_eq!(
+            (l.scope_from, l.install_id.as_deref()),
+            ("install", Some("company#c1"))
+        );
+        assert!(
+            pairs(&l.url).contains(&(
+                "scope".into(),
+                "contacts.readonly oauth.readonly oauth.write locations.readonly".into()
+            )),
+            "{}",
+            l.url
+        );
+        // Nothing stored: refused, never the default (it would drop scopes).
+        for stored in [None, Some("  ")] {
+            let err = plan(&e, &opts)
+                .unwrap()
+                .with_stored_scope(stored)
+                .unwrap_err();
+            assert!(
+                matches!(err, AdminError::Failed(_)) && err.to_string().contains("--scope"),
+                "{err}"
+            );
+        }
+        // An explicit --scope wins; the store is not needed.
+        let p = plan(
+            &e,
+            &LinkOptions {
+                scope: Some("a.b".into()),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(p.needs_stored_scope(), None);
+        let l = p.with_stored_scope(Some("x.y")).unwrap().link("cid");
+        assert_eq!((l.scope.as_str(), l.scope_from), ("a.b", "--scope"));
+        let l = install_link(&e, "cid", &LinkOptions::default()).unwrap();
+        assert_eq!((l.scope.as_str(), l.scope_from), (DEFAULT_SCOPE, "default"));
     }
 
     #[test]

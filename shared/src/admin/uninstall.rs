@@ -7,6 +7,13 @@
 //! webhook HighLevel sends afterwards ([`crate::webhook::uninstall`]): the
 //! grants concerned become `uninstalled`, their tokens are erased, the
 //! locations unlinked. The webhook, when it arrives, changes nothing more.
+//!
+//! When HighLevel answers that the app is not installed there (uninstalled
+//! already, its UNINSTALL webhook missed), the same local effect is applied,
+//! and the output says so. A path that erases tokens must be sure, not
+//! hopeful: only an answer that says so explicitly counts
+//! ([`says_not_installed`]); a refused token (401: expired, revoked, or
+//! without `oauth.write`), a 5xx or a lost answer erases nothing.
 
 use super::show::read;
 use super::{AdminError, Report};
@@ -35,7 +42,41 @@ pub struct Uninstalled {
     pub locations: usize,
     /// Whether the access token was refreshed first.
     pub refreshed_first: bool,
+    /// HighLevel's answer: `uninstalled` (by this call) or `not_installed`
+    /// (it said the app was not installed there any more).
+    pub highlevel: &'static str,
+    /// HighLevel's words, when it said the app was not installed.
+    pub highlevel_message: Option<String>,
     pub at: i64,
+}
+
+/// Whether HighLevel's answer to the uninstall call says, in so many words,
+/// that the app is not installed on the target: a 4xx other than 401 and
+/// 429 whose message says "not installed" or "already uninstalled", or
+/// a 404 saying the installation is not found. A bare 404 (a wrong path or
+/// host answers that too, e.g. "Cannot DELETE …/installations") or a
+/// refused token says nothing about the install.
+pub fn says_not_installed(e: &GhlError) -> bool {
+    let GhlError::Rejected {
+        status, message, ..
+    } = e
+    else {
+        return false;
+    };
+    if !(400..500).contains(status) || matches!(status, 401 | 429) {
+        return false;
+    }
+    let m = message.to_ascii_lowercase();
+    m.contains("not installed")
+        || m.contains("already uninstalled")
+        || (*status == 404
+            && [
+                "installation not found",
+                "no installation",
+                "installation does not exist",
+            ]
+            .iter()
+            .any(|p| m.contains(p)))
 }
 
 /// Checks the reason as typed: required, one line, at most [`MAX_REASON`].
@@ -108,24 +149,42 @@ pub async fn uninstall(
         InstallId::Company(c) => UninstallTarget::Company(c),
         InstallId::Location(l) | InstallId::Minted(l) => UninstallTarget::Location(l),
     };
-    svc.ghl
+    let not_installed = match svc
+        .ghl
         .uninstall_app(&install.access_token, &app_id, target, &reason)
         .await
-        .map_err(|e| {
+    {
+        Ok(()) => None,
+        Err(e) if says_not_installed(&e) => {
+            // Its words go into the stored reason and the output; clipped.
+            let said = match &e {
+                GhlError::Rejected { message, .. } => message.chars().take(200).collect(),
+                other => other.to_string(),
+            };
+            tracing::warn!(install_id = %id, error = e.kind(), "HighLevel says the app is not installed there; applying the uninstall here");
+            Some(said)
+        }
+        Err(e) => {
             let what = match &e {
                 GhlError::Unauthorized { .. } => {
-                    " (the access token was refused: already uninstalled at HighLevel, or a scope without oauth.write)"
+                    " (the access token was refused: expired or revoked, or without the oauth.write scope; that does not say the app is uninstalled)"
                 }
                 e if e.is_unknown_outcome() => {
                     " (the answer was lost: HighLevel may have uninstalled it; run again, or wait for the UNINSTALL webhook)"
                 }
                 _ => "",
             };
-            AdminError::Failed(format!(
+            return Err(AdminError::Failed(format!(
                 "HighLevel did not uninstall {id}: {e}{what}; nothing was changed here"
-            ))
-        })?;
-    let stored_reason = format!("uninstalled by the operator: {reason}");
+            )));
+        }
+    };
+    let stored_reason = match &not_installed {
+        None => format!("uninstalled by the operator: {reason}"),
+        Some(said) => format!(
+            "uninstalled at HighLevel already (HighLevel answered the operator's uninstall: {said}): {reason}"
+        ),
+    };
     let (company, location) = match id {
         InstallId::Company(c) => (Some(c.clone()), None),
         InstallId::Location(l) | InstallId::Minted(l) => {
@@ -155,7 +214,7 @@ pub async fn uninstall(
         } => (target, grants, locations),
         other => (format!("{other:?}"), 0, 0),
     };
-    tracing::info!(install_id = %id, target, grants, locations, "operator uninstall");
+    tracing::info!(install_id = %id, target, grants, locations, not_installed = not_installed.is_some(), "operator uninstall");
     Ok(Uninstalled {
         install_id: id.key(),
         target,
@@ -163,16 +222,29 @@ pub async fn uninstall(
         grants,
         locations,
         refreshed_first,
+        highlevel: if not_installed.is_some() {
+            "not_installed"
+        } else {
+            "uninstalled"
+        },
+        highlevel_message: not_installed,
         at: now_secs(),
     })
 }
 
 impl Report for Uninstalled {
     fn human(&self) -> String {
+        let at_highlevel = match &self.highlevel_message {
+            None => format!("HighLevel uninstalled the app from {}", self.target),
+            Some(said) => format!(
+                "HighLevel says the app is not installed there any more ({said}); recorded the uninstall of {} here",
+                self.target
+            ),
+        };
         format!(
-            "{}: HighLevel uninstalled the app from {}{}\n  here: {} grant{} uninstalled (tokens erased), {} location{} unlinked\n  reason: {}\n",
+            "{}: {}{}\n  here: {} grant{} uninstalled (tokens erased), {} location{} unlinked\n  reason: {}\n",
             self.install_id,
-            self.target,
+            at_highlevel,
             if self.refreshed_first {
                 " (access token refreshed first)"
             } else {
@@ -184,5 +256,55 @@ impl Report for Uninstalled {
             if self.locations == 1 { "" } else { "s" },
             self.reason
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(status: u16, message: &str) -> GhlError {
+        GhlError::Rejected {
+            status,
+            message: message.into(),
+            trace_id: None,
+        }
+    }
+
+    #[test]
+    fn only_an_explicit_not_installed_answer_counts() {
+        for yes in [
+            rejected(404, "App is not installed for this companyId or locationId"),
+            rejected(400, "The app is already uninstalled"),
+            rejected(422, "app not installed on location"),
+            rejected(404, "Installation not found"),
+            rejected(403, "The app is not installed on this location"),
+        ] {
+            assert!(says_not_installed(&yes), "{yes:?}");
+        }
+        for no in [
+            rejected(404, "Not Found"),
+            rejected(404, "Cannot DELETE /marketplace/app/a/installations"),
+            rejected(400, "Invalid parameter: appId"),
+            rejected(403, "The token does not have access to this location"),
+            rejected(429, "not installed"),
+            rejected(500, "not installed"),
+            GhlError::Unauthorized {
+                message: "Invalid JWT".into(),
+                trace_id: None,
+            },
+            GhlError::Unauthorized {
+                message: "app not installed".into(),
+                trace_id: None,
+            },
+            GhlError::Unavailable {
+                status: 503,
+                message: "not installed".into(),
+                trace_id: None,
+            },
+            GhlError::Timeout,
+        ] {
+            assert!(!says_not_installed(&no), "{no:?}");
+        }
     }
 }

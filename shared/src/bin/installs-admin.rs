@@ -95,6 +95,13 @@ async fn operate(command: Command, json: bool) -> Result<ExitCode, AdminError> {
         let env = Env::process();
         // Checked before the secret is fetched.
         let plan = link::plan(&env, opts)?;
+        if let Some(id) = plan.needs_stored_scope().cloned() {
+            // Relinking an install: ask for the scopes it has.
+            let (_, svc) = services().await?;
+            let install = show::read(&svc.store, &id).await?;
+            let plan = plan.with_stored_scope(install.info.scope.as_deref())?;
+            return Ok(emit(&plan.link(&svc.app.client_id), json));
+        }
         let secret_id = env.required(
             "GHL_APP_SECRET_ID",
             "the Secrets Manager name or ARN of the app secret",

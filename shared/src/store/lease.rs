@@ -162,8 +162,12 @@ impl Store {
                 let mut install = match self.decode(old) {
                     Ok(i) => i,
                     Err(e) => {
-                        // Nothing was presented: the lease must not outlive this error.
-                        if let Err(release) = self.release_lease(id, token).await {
+                        // Nothing was presented: the lease must not outlive
+                        // this error, unless it replaced an abandoned one,
+                        // whose doubt only a lease left to expire keeps.
+                        if !abandoned
+                            && let Err(release) = self.release_lease(id, token).await
+                        {
                             tracing::error!(install_id = %id, error = %release, "lease release after an unreadable item failed");
                         }
                         return Err(e);

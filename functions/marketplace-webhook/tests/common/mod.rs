@@ -170,7 +170,7 @@ pub fn sealed_tokens(items: &[&Item]) -> Vec<String> {
 }
 
 pub async fn mint(api: &RuntimeApi, req: Value) -> Result<Value, InvokeError> {
-    api.invoke_with(req, InvokeOptions::with_deadline(Duration::from_secs(30)))
+    api.invoke_with(req, InvokeOptions::with_deadline(Duration::from_secs(60)))
         .await
 }
 
