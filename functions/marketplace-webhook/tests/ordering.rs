@@ -16,8 +16,8 @@ use shared::store::LinkState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use testkit::stack::{Stack, function_url_event, store_fault_proxy};
-use testkit::{InvokeOptions, RuntimeApi};
+use testkit::RuntimeApi;
+use testkit::stack::{Stack, store_fault_proxy};
 
 /// An UNINSTALL (or PLAN_CHANGE with `plan`) of a location or company at `at_ms`.
 fn targeted(app: &str, kind: &str, target: (&str, &str), plan: Option<&str>, at_ms: i64) -> Value {
@@ -140,22 +140,17 @@ async fn a_late_company_uninstall_never_erases_an_agency_installed_again() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stamped = now_millis();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let code = stack
-        .consent_code(&ConsentTarget {
+    let code = install_through_callback(
+        &stack,
+        &cb_api,
+        &ConsentTarget {
             user_type: SimUserType::Company,
             company_id: "co-b".into(),
             location_id: None,
             deny: false,
-        })
-        .await;
-    let out = cb_api
-        .invoke_with(
-            function_url_event("GET", &[("code", &code)]),
-            InvokeOptions::with_deadline(Duration::from_secs(30)),
-        )
-        .await
-        .expect("the callback answers");
-    assert_eq!(out["statusCode"], 200, "{out}");
+        },
+    )
+    .await;
     sim.take_webhooks();
     let reinstalled = stack.install(&company).await;
 
@@ -498,15 +493,7 @@ async fn a_reinstall_after_an_uninstall_stamped_ahead_of_our_clock_is_served() {
         deny: false,
     };
     let install = async || {
-        let code = stack.consent_code(&consent).await;
-        let out = cb_api
-            .invoke_with(
-                function_url_event("GET", &[("code", &code)]),
-                InvokeOptions::with_deadline(Duration::from_secs(30)),
-            )
-            .await
-            .expect("the callback answers");
-        assert_eq!(out["statusCode"], 200, "{out}");
+        let code = install_through_callback(&stack, &cb_api, &consent).await;
         sim.take_webhooks();
         code
     };

@@ -882,22 +882,17 @@ async fn a_location_installed_again_after_its_uninstall_is_served() {
 
     // The sub-account installs the app again, a moment later.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let code = stack
-        .consent_code(&ConsentTarget {
+    let code = install_through_callback(
+        &stack,
+        &cb_api,
+        &ConsentTarget {
             user_type: SimUserType::Location,
             company_id: "co-w".into(),
             location_id: Some("loc-w1".into()),
             deny: false,
-        })
-        .await;
-    let out = cb_api
-        .invoke_with(
-            function_url_event("GET", &[("code", &code)]),
-            InvokeOptions::with_deadline(Duration::from_secs(30)),
-        )
-        .await
-        .expect("the callback answers");
-    assert_eq!(out["statusCode"], 200, "{out}");
+        },
+    )
+    .await;
     for d in sim.take_webhooks() {
         deliver(&stack.api, &d).await.accepted("location_installed");
     }
@@ -944,22 +939,17 @@ async fn a_company_installed_again_after_its_uninstall_mints_again() {
     // The agency installs the app again, on the same sub-account.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     sim.add_locations("co-x", &[("loc-x1", "X1")]);
-    let code = stack
-        .consent_code(&ConsentTarget {
+    let code = install_through_callback(
+        &stack,
+        &cb_api,
+        &ConsentTarget {
             user_type: SimUserType::Company,
             company_id: "co-x".into(),
             location_id: None,
             deny: false,
-        })
-        .await;
-    let out = cb_api
-        .invoke_with(
-            function_url_event("GET", &[("code", &code)]),
-            InvokeOptions::with_deadline(Duration::from_secs(30)),
-        )
-        .await
-        .expect("the callback answers");
-    assert_eq!(out["statusCode"], 200, "{out}");
+        },
+    )
+    .await;
     for d in sim.take_webhooks() {
         deliver(&stack.api, &d).await.accepted("company_installed");
     }

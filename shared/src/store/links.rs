@@ -43,7 +43,7 @@ impl LinkState {
 pub enum UninstallWrite {
     /// Marked `uninstalled` and erased; `before` is the grant as it was.
     Applied {
-        before: super::Install,
+        before: Box<super::Install>,
     },
     /// This event had been applied already (a redelivery); the journal was
     /// erased again in case that failed the first time.
@@ -292,7 +292,7 @@ impl Store {
             .await;
         let outcome = match res {
             Ok(out) => UninstallWrite::Applied {
-                before: self.decode_without_tokens(out.attributes.unwrap_or_default())?,
+                before: Box::new(self.decode_without_tokens(out.attributes.unwrap_or_default())?),
             },
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => match c.item() {

@@ -567,6 +567,13 @@ impl Store {
     /// A strongly consistent read of one install's state and times, its
     /// tokens left sealed (read as empty).
     pub async fn get_without_tokens(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
+        self.grant_item(id)
+            .await?
+            .map(|i| self.decode_without_tokens(i))
+            .transpose()
+    }
+
+    async fn grant_item(&self, id: &InstallId) -> Result<Option<Item>, StoreError> {
         let out = self
             .table_op("dynamodb:GetItem")?
             .get_item()
@@ -576,21 +583,15 @@ impl Store {
             .send()
             .await
             .map_err(dynamo("GetItem"))?;
-        out.item.map(|i| self.decode_without_tokens(i)).transpose()
+        Ok(out.item)
     }
 
     /// A strongly consistent read of one install.
     pub async fn get(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
-        let out = self
-            .table_op("dynamodb:GetItem")?
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(&id.key(), GRANT_SK)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo("GetItem"))?;
-        out.item.map(|i| self.decode(i)).transpose()
+        self.grant_item(id)
+            .await?
+            .map(|i| self.decode(i))
+            .transpose()
     }
 
     pub fn decode(&self, item: Item) -> Result<Install, StoreError> {

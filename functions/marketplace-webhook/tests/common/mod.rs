@@ -196,3 +196,23 @@ pub fn presentations(sim: &Sim) -> Vec<(String, u32, bool)> {
 pub fn counters(sim: &Sim) -> Value {
     serde_json::to_value(sim.counters()).expect("counters serialise")
 }
+
+/// Walks HighLevel's consent page for `target` and hands its code to the
+/// OAuth callback on `cb_api`, which must answer 200; returns the code (for
+/// the log checks).
+pub async fn install_through_callback(
+    stack: &Stack,
+    cb_api: &RuntimeApi,
+    target: &ghl_sim::ConsentTarget,
+) -> String {
+    let code = stack.consent_code(target).await;
+    let out = cb_api
+        .invoke_with(
+            testkit::stack::function_url_event("GET", &[("code", &code)]),
+            InvokeOptions::with_deadline(Duration::from_secs(30)),
+        )
+        .await
+        .expect("the callback answers");
+    assert_eq!(out["statusCode"], 200, "{out}");
+    code
+}
