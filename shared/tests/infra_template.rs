@@ -1041,7 +1041,8 @@ fn checks_report_mismatches() {
 /// A parameter's default, as a number.
 fn parameter_default(root: &Value, name: &str) -> Option<i64> {
     let d = root.pointer(&format!("/Parameters/{name}/Default"))?;
-    d.as_i64().or_else(|| d.as_str().and_then(|s| s.parse().ok()))
+    d.as_i64()
+        .or_else(|| d.as_str().and_then(|s| s.parse().ok()))
 }
 
 /// The public functions and the mint have reserved concurrency from a
@@ -1060,7 +1061,8 @@ fn exposure_differences(root: &Value) -> Vec<String> {
         let reserved = root.pointer(&format!(
             "/Resources/{id}/Properties/ReservedConcurrentExecutions"
         ));
-        let from_parameter = reserved.and_then(|r| r.pointer("/Fn::If/1")) == Some(&json!({"Ref": parameter}))
+        let from_parameter = reserved.and_then(|r| r.pointer("/Fn::If/1"))
+            == Some(&json!({"Ref": parameter}))
             || reserved == Some(&json!({"Ref": parameter}));
         if !from_parameter {
             diffs.push(format!(
@@ -1088,9 +1090,9 @@ fn exposure_differences(root: &Value) -> Vec<String> {
                 && p["MetricName"] == metric
                 && p["Period"] == 60
                 && p["AlarmActions"].is_array()
-                && p["Dimensions"]
-                    .as_array()
-                    .is_some_and(|d| d.contains(&json!({"Name": dimension, "Value": {"Ref": callback}})))
+                && p["Dimensions"].as_array().is_some_and(|d| {
+                    d.contains(&json!({"Name": dimension, "Value": {"Ref": callback}}))
+                })
         });
         if !found {
             diffs.push(format!(
@@ -1105,7 +1107,9 @@ fn exposure_differences(root: &Value) -> Vec<String> {
             continue;
         }
         if p["AuthType"] != "AWS_IAM" {
-            diffs.push(format!("{id}: the mint's Function URL must use AuthType AWS_IAM"));
+            diffs.push(format!(
+                "{id}: the mint's Function URL must use AuthType AWS_IAM"
+            ));
         }
         if p["Qualifier"] != shared::callers::URL_ALIAS {
             diffs.push(format!(
@@ -1117,7 +1121,9 @@ fn exposure_differences(root: &Value) -> Vec<String> {
     let trail_selects_mint = Template::resources(root)
         .filter(|(_, r)| r["Type"] == "AWS::CloudTrail::Trail")
         .any(|(_, r)| {
-            r["Properties"]["AdvancedEventSelectors"].to_string().contains(&format!("\"{mint}.Arn\""))
+            r["Properties"]["AdvancedEventSelectors"]
+                .to_string()
+                .contains(&format!("\"{mint}.Arn\""))
         });
     if !trail_selects_mint {
         diffs.push(format!("no CloudTrail trail records data events of {mint}"));
@@ -1151,13 +1157,21 @@ fn public_urls_are_capped_alarmed_and_the_mint_url_is_iam_only() {
     });
     let diffs = exposure_differences(&open);
     assert_reports("public mint", &diffs, "must use AuthType AWS_IAM");
-    assert_reports("unqualified mint URL", &diffs, "must target the \"url\" alias");
+    assert_reports(
+        "unqualified mint URL",
+        &diffs,
+        "must target the \"url\" alias",
+    );
     let quiet = changed(&root, |t| {
         t["Resources"]
             .as_object_mut()
             .unwrap()
             .remove("InstallErrorsAlarm");
     });
-    assert_reports("no install error alarm", &exposure_differences(&quiet), "InstallErrors");
+    assert_reports(
+        "no install error alarm",
+        &exposure_differences(&quiet),
+        "InstallErrors",
+    );
     assert!(!mint.is_empty());
 }

@@ -907,11 +907,18 @@ async fn a_concurrent_request_for_another_company_is_refused_not_served() {
     });
     let a = stack.spawn("token-mint", &[]);
     let b = stack.spawn("token-mint", &[]);
-    let own = invoke(&stack, json!({"locationId": "loc-race", "companyId": "co-1"}));
+    let own = invoke(
+        &stack,
+        json!({"locationId": "loc-race", "companyId": "co-1"}),
+    );
     let other = async {
         // Late enough that the first request holds the mint lock.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        invoke(&stack, json!({"locationId": "loc-race", "companyId": "co-2"})).await
+        invoke(
+            &stack,
+            json!({"locationId": "loc-race", "companyId": "co-2"}),
+        )
+        .await
     };
     let (own, other) = tokio::join!(own, other);
     let own = served(own, &[&a, &b]);
@@ -920,7 +927,10 @@ async fn a_concurrent_request_for_another_company_is_refused_not_served() {
     let (t, m) = failed(other, &[&a, &b]);
     assert_eq!(t, "InvalidRequest", "{m}");
     assert!(m.contains("belongs to company co-1, not co-2"), "{m}");
-    assert_eq!(stack.sim.counters().location_mints.get("loc-race"), Some(&1));
+    assert_eq!(
+        stack.sim.counters().location_mints.get("loc-race"),
+        Some(&1)
+    );
     let logs = all_logs(&[&a, &b]);
     assert!(!logs.contains(own["accessToken"].as_str().unwrap()));
 }
@@ -992,12 +1002,25 @@ async fn the_iam_url_entrance_audits_the_verified_caller_and_applies_the_policy(
     // Same role name in another account: not the role the policy names.
     let foreign = "arn:aws:sts::999999999999:assumed-role/billing/x";
     let (status, body) = invoke_url(&stack, foreign, request.clone()).await;
-    assert_eq!((status, body["errorType"].as_str()), (403, Some("CallerNotAllowed")));
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (403, Some("CallerNotAllowed"))
+    );
     // A policy limited to companies needs the company named.
     let (status, body) = invoke_url(&stack, billing, json!({"locationId": "loc-u"})).await;
-    assert_eq!((status, body["errorType"].as_str()), (403, Some("CallerNotAllowed")));
-    assert_eq!(stack.items().await, before, "a refused caller changed the table");
-    assert!(stack.sim.counters().location_mints.is_empty(), "a refused caller reached HighLevel");
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (403, Some("CallerNotAllowed"))
+    );
+    assert_eq!(
+        stack.items().await,
+        before,
+        "a refused caller changed the table"
+    );
+    assert!(
+        stack.sim.counters().location_mints.is_empty(),
+        "a refused caller reached HighLevel"
+    );
 
     let (status, body) = invoke_url(&stack, billing, request.clone()).await;
     assert_eq!(status, 200, "{body}");
@@ -1045,7 +1068,10 @@ async fn direct_invoke_is_audited_with_request_id_and_the_claim_as_a_claim() {
     };
     let r = stack
         .api
-        .invoke_with(json!({"locationId": "loc-d", "companyId": "co-d"}), opts.clone())
+        .invoke_with(
+            json!({"locationId": "loc-d", "companyId": "co-d"}),
+            opts.clone(),
+        )
         .await
         .unwrap();
     assert_eq!(r["source"], "minted");
