@@ -122,7 +122,7 @@ async fn handle_url(app: &App, event: &LambdaEvent<Value>) -> Value {
     if let Err(e) = &result
         && who.caller_arn.is_none()
     {
-        tracing::warn!(entrance = who.entrance, request_id = %who.request_id, function_arn = %who.function_arn, error = e.error_type(), reason = %e, "mint refused");
+        tracing::warn!(entrance = who.entrance, request_id = %who.request_id, function_arn = %who.function_arn, error = e.error_type(), reason = %e, "mint rejected");
     }
     let (status, body) = match result {
         Ok(v) => (200, v),
@@ -200,7 +200,7 @@ async fn serve(
                 function_arn = %who.function_arn,
                 error = e.error_type(),
                 reason = %e,
-                "mint refused"
+                "mint rejected"
             );
         })?;
     match request {

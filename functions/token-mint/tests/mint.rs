@@ -1035,7 +1035,7 @@ async fn the_iam_url_entrance_audits_the_verified_caller_and_applies_the_policy(
     assert_eq!(s["caller_arn"], billing);
     assert_eq!(s["function_arn"], format!("{MINT_ARN}:url"));
     assert!(!s["request_id"].as_str().unwrap().is_empty());
-    let refused = audit_lines(&logs, "mint refused");
+    let refused = audit_lines(&logs, "mint rejected");
     let refused_callers: Vec<&str> = refused
         .iter()
         .map(|l| l["caller_arn"].as_str().unwrap())
