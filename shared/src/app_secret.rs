@@ -1,9 +1,11 @@
 //! The app's credentials and data keys, from one Secrets Manager secret.
 //!
-//! Secret JSON: `{"client_id", "client_secret", "app_id"?, "data_keys": {"<id>": "<base64 of 32 bytes>"}, "current_data_key": "<id>"}`.
+//! Secret JSON: `{"client_id", "client_secret", "app_id"?, "data_keys": {"<id>": "<base64 of 32 bytes>"}, "current_data_key": "<id>", "mint_callers"?}`
+//! (`mint_callers`: see [`crate::callers`]).
 //! Parsing never echoes a value: serde's messages quote the offending input,
 //! so fields are read by hand and errors name only the field.
 
+use crate::callers::CallerPolicy;
 use crate::crypto::Keyring;
 use crate::redact::SecretString;
 use std::collections::BTreeMap;
@@ -19,6 +21,8 @@ pub enum SecretError {
         field: &'static str,
         expected: &'static str,
     },
+    #[error("app secret field \"mint_callers\" is unusable: {0}")]
+    Callers(String),
     #[error("app secret data keys are unusable: {0}")]
     Keyring(#[from] crate::crypto::CryptoError),
 }
@@ -31,6 +35,9 @@ pub struct AppSecret {
     /// The marketplace app id, for `/oauth/installedLocations`.
     pub app_id: Option<String>,
     pub keyring: Keyring,
+    /// Who may take tokens through the mint's IAM Function URL; None: any
+    /// caller the URL's IAM authorisation admits.
+    pub mint_callers: Option<CallerPolicy>,
 }
 
 impl AppSecret {
@@ -73,11 +80,16 @@ impl AppSecret {
         }
         let current = string("current_data_key")?;
         let keyring = Keyring::from_base64(&current, &keys)?;
+        let mint_callers = match obj.get("mint_callers") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(CallerPolicy::parse(v).map_err(SecretError::Callers)?),
+        };
         Ok(Self {
             client_id,
             client_secret,
             app_id,
             keyring,
+            mint_callers,
         })
     }
 

@@ -427,18 +427,25 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The longest wait a rate-limit answer may ask for.
+const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
 /// HighLevel documents no `Retry-After`: wait the interval, or until the
 /// daily window resets when the daily budget is spent.
 fn rate_limited(headers: &HeaderMap) -> GhlError {
     let daily_exhausted = header_u64(headers, "x-ratelimit-daily-remaining") == Some(0);
+    // Header values are HighLevel's (or a proxy's) to choose: clamped to a
+    // day before anyone adds them to a clock.
     let retry_after = if daily_exhausted {
         let now = crate::model::now_secs();
         Duration::from_secs((86_400 - now.rem_euclid(86_400)) as u64)
     } else if let Some(secs) = header_u64(headers, "retry-after") {
-        Duration::from_secs(secs)
+        Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS))
     } else {
         Duration::from_millis(
-            header_u64(headers, "x-ratelimit-interval-milliseconds").unwrap_or(10_000),
+            header_u64(headers, "x-ratelimit-interval-milliseconds")
+                .unwrap_or(10_000)
+                .min(MAX_RETRY_AFTER_SECS * 1000),
         )
     };
     GhlError::RateLimited {
@@ -932,6 +939,23 @@ mod tests {
             err(Endpoint::Reconnect, 400, body),
             GhlError::EndpointRemoved { .. }
         ));
+    }
+
+    #[test]
+    fn rate_limit_waits_are_clamped_to_a_day() {
+        for (name, value) in [
+            ("retry-after", "18446744073709551615"),
+            ("x-ratelimit-interval-milliseconds", "18446744073709551615"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            match classify(Endpoint::Token, StatusCode::TOO_MANY_REQUESTS, &h, b"{}") {
+                GhlError::RateLimited { retry_after, .. } => {
+                    assert_eq!(retry_after, Duration::from_secs(86_400), "{name}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app_secret;
 pub mod aws;
+pub mod callers;
 pub mod config;
 pub mod crypto;
 pub mod events;

@@ -37,11 +37,27 @@ const MAX_LOCATION_PAGES: u32 = 100;
 /// Between pages: well under HighLevel's 100 requests / 10 s per company.
 const LOCATION_PAGE_PACE: Duration = Duration::from_millis(150);
 
+/// A grant is served only to a request that names its company or none.
+/// Every path that serves a stored grant checks it, the single-flight ones
+/// too: a concurrent request for another company must not be handed the
+/// token another request's mint stored.
+fn company_matches(loc: &str, asked: Option<&str>, i: &Install) -> Result<(), MintError> {
+    match (asked, i.info.company_id.as_deref()) {
+        (Some(asked), Some(stored)) if asked != stored => Err(MintError::InvalidRequest(format!(
+            "location {loc} belongs to company {stored}, not {asked}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Errors with the stable `errorType` names Step Functions can match.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The verified caller of the IAM entrance is outside the caller policy.
+    #[error("{0}")]
+    CallerNotAllowed(String),
     #[error("{0}")]
     InstallNotFound(String),
     #[error("{0}")]
@@ -64,6 +80,7 @@ impl MintError {
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "InvalidRequest",
+            Self::CallerNotAllowed(_) => "CallerNotAllowed",
             Self::InstallNotFound(_) => "InstallNotFound",
             Self::NeedsReauthorization(_) => "NeedsReauthorization",
             Self::LocationNotInstalled(_) => "LocationNotInstalled",
@@ -427,7 +444,8 @@ impl Minter<'_> {
                 ))
             })?,
         };
-        self.mint_from_company(loc, &company_id, min).await
+        self.mint_from_company(loc, &company_id, req.company_id.as_deref(), min)
+            .await
     }
 
     /// When the app was uninstalled from `loc`, if the newest lifecycle
@@ -473,15 +491,7 @@ impl Minter<'_> {
 
     /// A request naming a company must match the stored grant's company.
     fn check_company(&self, req: &MintRequest, i: &Install) -> Result<(), MintError> {
-        match (&req.company_id, &i.info.company_id) {
-            (Some(asked), Some(stored)) if asked != stored => {
-                Err(MintError::InvalidRequest(format!(
-                    "location {} belongs to company {stored}, not {asked}",
-                    req.location_id
-                )))
-            }
-            _ => Ok(()),
-        }
+        company_matches(&req.location_id, req.company_id.as_deref(), i)
     }
 
     async fn known_company(&self, loc: &str) -> Result<Option<String>, MintError> {
@@ -562,6 +572,7 @@ impl Minter<'_> {
         &self,
         loc: &str,
         company_id: &str,
+        asked: Option<&str>,
         min: u64,
     ) -> Result<MintResponse, MintError> {
         // Refused before the lock is taken: a request that cannot mint
@@ -588,9 +599,8 @@ impl Minter<'_> {
                 // before we took it has stored a token; one HighLevel call
                 // per burst, always.
                 let result = match self.svc.store.get(&minted_id).await {
-                    Ok(Some(i)) if usable(&i, min) => {
-                        Ok(MintResponse::from_install(&i, loc, "cache"))
-                    }
+                    Ok(Some(i)) if usable(&i, min) => company_matches(loc, asked, &i)
+                        .map(|()| MintResponse::from_install(&i, loc, "cache")),
                     Ok(_) => self.mint_locked(loc, company_id).await,
                     Err(e) => Err(e.into()),
                 };
@@ -606,6 +616,7 @@ impl Minter<'_> {
             if let Some(i) = self.svc.store.get(&minted_id).await?
                 && usable(&i, min)
             {
+                company_matches(loc, asked, &i)?;
                 return Ok(MintResponse::from_install(&i, loc, "cache"));
             }
             if started.elapsed() > SINGLE_FLIGHT_WAIT {
@@ -698,7 +709,7 @@ impl Minter<'_> {
             _ => return false,
         };
         match self
-            .mint_from_company(loc, &company_id, DEFAULT_MIN_VALIDITY)
+            .mint_from_company(loc, &company_id, Some(&company_id), DEFAULT_MIN_VALIDITY)
             .await
         {
             Ok(_) => {

@@ -212,6 +212,10 @@ pub struct TokenGrant {
 /// expiry: short, so the grant is refreshed again soon instead of trusted for a day.
 pub const ASSUMED_EXPIRES_IN: u64 = 3_600;
 
+/// HighLevel's access tokens live a day; a longer `expires_in` is clamped
+/// to it (and reported as odd) before any arithmetic.
+pub const MAX_EXPIRES_IN: u64 = 86_400;
+
 impl TokenGrant {
     /// Reads a token answer. Fails only without an access token.
     pub fn from_json(v: &serde_json::Value) -> Result<Self, &'static str> {
@@ -230,6 +234,14 @@ impl TokenGrant {
             _ => None,
         }
         .filter(|&e| e > 0)
+        .map(|e| {
+            // An absurd expiry would overflow `now + expires_in` (wrapping
+            // in release builds) or keep a dead token for years.
+            if e > MAX_EXPIRES_IN {
+                odd.push("expires_in");
+            }
+            e.min(MAX_EXPIRES_IN)
+        })
         .unwrap_or_else(|| {
             odd.push("expires_in");
             ASSUMED_EXPIRES_IN
@@ -483,6 +495,18 @@ mod tests {
         assert_eq!(g.plan_id, None);
         assert_eq!(g.user_id, None);
         assert_eq!(g.odd_fields, vec!["userId"]);
+    }
+
+    #[test]
+    fn an_absurd_expiry_is_clamped_to_a_day() {
+        for e in ["18446744073709551615", "1e300", "9999999999"] {
+            let body = format!(r#"{{"access_token":"a","expires_in":{e}}}"#);
+            let g: TokenGrant = serde_json::from_str(&body).unwrap();
+            assert_eq!(g.expires_in, MAX_EXPIRES_IN, "{e}");
+            assert_eq!(g.odd_fields, vec!["expires_in"], "{e}");
+            // The arithmetic every caller does stays in range.
+            assert!(now_secs().checked_add(g.expires_in as i64).is_some());
+        }
     }
 
     #[test]

@@ -1035,3 +1035,143 @@ fn checks_report_mismatches() {
         "does not set INSTALLS_TABLE",
     );
 }
+
+// ------------------------------------------- exposure and capacity (issue 16)
+
+/// A parameter's default, as a number.
+fn parameter_default(root: &Value, name: &str) -> Option<i64> {
+    let d = root.pointer(&format!("/Parameters/{name}/Default"))?;
+    d.as_i64()
+        .or_else(|| d.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// The public functions and the mint have reserved concurrency from a
+/// parameter with a sane default (so a flood on a public URL stays inside
+/// its cap and cannot starve the mint); the callback's volume and its
+/// install errors alarm per minute; the mint's optional entrance is IAM-only
+/// on the alias the code trusts; the optional trail records the mint.
+fn exposure_differences(root: &Value) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (binary, parameter, max_default) in [
+        ("oauth-callback", "CallbackReservedConcurrency", 50),
+        ("marketplace-webhook", "WebhookReservedConcurrency", 200),
+        ("token-mint", "MintReservedConcurrency", 200),
+    ] {
+        let id = function_id(root, binary);
+        let reserved = root.pointer(&format!(
+            "/Resources/{id}/Properties/ReservedConcurrentExecutions"
+        ));
+        let from_parameter = reserved.and_then(|r| r.pointer("/Fn::If/1"))
+            == Some(&json!({"Ref": parameter}))
+            || reserved == Some(&json!({"Ref": parameter}));
+        if !from_parameter {
+            diffs.push(format!(
+                "{binary}: ReservedConcurrentExecutions is not taken from parameter {parameter}"
+            ));
+        }
+        match parameter_default(root, parameter) {
+            Some(d) if (1..=max_default).contains(&d) => {}
+            other => diffs.push(format!(
+                "{parameter} defaults to {other:?}; expected 1..={max_default}"
+            )),
+        }
+    }
+    let alarms: Vec<&Value> = Template::resources(root)
+        .filter(|(_, r)| r["Type"] == "AWS::CloudWatch::Alarm")
+        .map(|(_, r)| &r["Properties"])
+        .collect();
+    let callback = function_id(root, "oauth-callback");
+    for (namespace, metric, dimension) in [
+        ("AWS/Lambda", "Invocations", "FunctionName"),
+        ("GhlOAuth", "InstallErrors", "Function"),
+    ] {
+        let found = alarms.iter().any(|p| {
+            p["Namespace"] == namespace
+                && p["MetricName"] == metric
+                && p["Period"] == 60
+                && p["AlarmActions"].is_array()
+                && p["Dimensions"].as_array().is_some_and(|d| {
+                    d.contains(&json!({"Name": dimension, "Value": {"Ref": callback}}))
+                })
+        });
+        if !found {
+            diffs.push(format!(
+                "no per-minute alarm with actions on {namespace} {metric} of {callback}"
+            ));
+        }
+    }
+    let mint = function_id(root, "token-mint");
+    for (id, r) in Template::resources(root).filter(|(_, r)| r["Type"] == "AWS::Lambda::Url") {
+        let p = &r["Properties"];
+        if p["TargetFunctionArn"] != json!({"Fn::GetAtt": format!("{mint}.Arn")}) {
+            continue;
+        }
+        if p["AuthType"] != "AWS_IAM" {
+            diffs.push(format!(
+                "{id}: the mint's Function URL must use AuthType AWS_IAM"
+            ));
+        }
+        if p["Qualifier"] != shared::callers::URL_ALIAS {
+            diffs.push(format!(
+                "{id}: the mint's Function URL must target the {:?} alias, the only qualifier whose request context the code trusts",
+                shared::callers::URL_ALIAS
+            ));
+        }
+    }
+    let trail_selects_mint = Template::resources(root)
+        .filter(|(_, r)| r["Type"] == "AWS::CloudTrail::Trail")
+        .any(|(_, r)| {
+            r["Properties"]["AdvancedEventSelectors"]
+                .to_string()
+                .contains(&format!("\"{mint}.Arn\""))
+        });
+    if !trail_selects_mint {
+        diffs.push(format!("no CloudTrail trail records data events of {mint}"));
+    }
+    diffs
+}
+
+#[test]
+fn public_urls_are_capped_alarmed_and_the_mint_url_is_iam_only() {
+    let root = load_template();
+    assert_none("exposure", exposure_differences(&root));
+    let mint = function_id(&root, "token-mint");
+    let uncapped = changed(&root, |t| {
+        let id = function_id(t, "oauth-callback");
+        t["Resources"][&id]["Properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ReservedConcurrentExecutions");
+    });
+    assert_reports(
+        "uncapped callback",
+        &exposure_differences(&uncapped),
+        "oauth-callback: ReservedConcurrentExecutions",
+    );
+    let open = changed(&root, |t| {
+        t["Resources"]["TokenMintUrl"]["Properties"]["AuthType"] = json!("NONE");
+        t["Resources"]["TokenMintUrl"]["Properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("Qualifier");
+    });
+    let diffs = exposure_differences(&open);
+    assert_reports("public mint", &diffs, "must use AuthType AWS_IAM");
+    assert_reports(
+        "unqualified mint URL",
+        &diffs,
+        "must target the \"url\" alias",
+    );
+    let quiet = changed(&root, |t| {
+        t["Resources"]
+            .as_object_mut()
+            .unwrap()
+            .remove("InstallErrorsAlarm");
+    });
+    assert_reports(
+        "no install error alarm",
+        &exposure_differences(&quiet),
+        "InstallErrors",
+    );
+    assert!(!mint.is_empty());
+}

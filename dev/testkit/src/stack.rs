@@ -305,6 +305,27 @@ impl Stack {
         key_b64
     }
 
+    /// Sets one field of the app secret, as an operator's
+    /// put-secret-value would; processes spawned afterwards read it.
+    pub async fn set_secret_field(&self, field: &str, value: Value) {
+        let sm = aws_sdk_secretsmanager::Client::new(&shared::aws::sdk_config().await);
+        let current = sm
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .expect("secret readable");
+        let mut doc: Value = serde_json::from_str(current.secret_string().expect("string secret"))
+            .expect("JSON secret");
+        doc[field] = value;
+        sm.put_secret_value()
+            .secret_id(&self.secret_id)
+            .secret_string(doc.to_string())
+            .send()
+            .await
+            .expect("secret updated");
+    }
+
     /// Moves an install's lifecycle back to `at_ms`, as if it had been
     /// installed then: for late deliveries whose event predates "now".
     pub async fn backdate_install(&self, id: &InstallId, at_ms: i64) {

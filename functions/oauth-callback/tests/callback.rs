@@ -401,3 +401,37 @@ async fn bad_configuration_fails_the_cold_start_naming_the_variable() {
     assert!(logs.contains("GHL_REDIRECT_URI is invalid"), "{logs}");
     assert!(logs.contains("expected"), "{logs}");
 }
+
+/// `RUST_LOG=trace` is what an operator sets to debug: neither the
+/// runtime's raw-event trace nor anything else may print a code. A burst of
+/// garbage codes costs at most one HighLevel call per distinct code, and
+/// codes HighLevel never issues (too long, odd characters) none.
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_logs_carry_no_code_and_garbage_costs_one_call_per_code_at_most() {
+    let stack = Stack::new().await;
+    let f = start(&stack, &[("RUST_LOG", "trace")]).await;
+    let code = stack.consent_code(&company("co-trace")).await;
+    assert_eq!(get(&stack, &[("code", &code)]).await.status, 200);
+    let garbage: Vec<String> = (0..6).map(|i| format!("garbage-code-{i}-x9Qz")).collect();
+    for g in garbage.iter().chain(&garbage) {
+        assert_eq!(get(&stack, &[("code", g)]).await.status, 400);
+    }
+    let long = "a".repeat(600);
+    for bad in [long.as_str(), "bad code\u{7f}", "<script>"] {
+        assert_eq!(get(&stack, &[("code", bad)]).await.status, 400);
+    }
+    let exchanges = stack.sim.counters().code_exchanges;
+    assert!(
+        exchanges <= 1 + garbage.len() as u64,
+        "{exchanges} HighLevel calls for {} distinct codes",
+        1 + garbage.len()
+    );
+    let logs = f.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("TRACE")),
+        "RUST_LOG=trace took effect"
+    );
+    let mut secrets: Vec<&str> = vec![&code];
+    secrets.extend(garbage.iter().map(String::as_str));
+    stack.assert_logs_clean(&logs, &secrets).await;
+}

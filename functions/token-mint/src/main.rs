@@ -1,9 +1,10 @@
 //! `token-mint`: invoked directly (IAM-authorised Lambda Invoke) by the app
-//! owner's other services. Parses the request, runs `shared::mint`, and maps
+//! owner's other services, or through its optional IAM Function URL. Parses the request, runs `shared::mint`, and maps
 //! errors to stable `errorType`s in one place.
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
-use serde_json::Value;
+use serde_json::{Value, json};
+use shared::callers;
 use shared::config::{Env, MintConfig};
 use shared::mint::{MintError, Minter, Request};
 use shared::refresh::RefreshPolicy;
@@ -55,21 +56,126 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
-/// Who called, as far as the invoke context tells: a `caller` field in the
-/// client context (set by the calling service), else unknown.
-fn caller(ctx: &lambda_runtime::Context) -> String {
-    ctx.client_context
-        .as_ref()
-        .and_then(|c| c.custom.get("caller").cloned())
-        .map(|c| c.chars().take(128).collect())
-        .unwrap_or_else(|| "unknown".into())
+/// Who is asking, as far as the entrance can tell. A direct invoke proves
+/// nothing about its caller (the client context is the caller's own
+/// words, logged as `claimedCaller`); the IAM Function URL's caller ARN was
+/// verified by Lambda. Request id and function ARN let an auditor join the
+/// line to CloudTrail's record of the invoke.
+struct Who {
+    entrance: &'static str,
+    caller_arn: Option<String>,
+    claimed: String,
+    request_id: String,
+    function_arn: String,
+}
+
+impl Who {
+    fn of(ctx: &lambda_runtime::Context, entrance: &'static str) -> Self {
+        let claimed = ctx
+            .client_context
+            .as_ref()
+            .and_then(|c| c.custom.get("caller").cloned())
+            .map(|c| c.chars().take(128).collect())
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            entrance,
+            caller_arn: None,
+            claimed,
+            request_id: ctx.request_id.clone(),
+            function_arn: ctx.invoked_function_arn.clone(),
+        }
+    }
+
+    fn caller_arn(&self) -> &str {
+        self.caller_arn.as_deref().unwrap_or("")
+    }
 }
 
 async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
-    let caller = caller(&event.context);
-    let owner = format!("mint:{}", event.context.request_id);
+    if callers::via_url_alias(&event.context.invoked_function_arn) {
+        return Ok(handle_url(app, &event).await);
+    }
+    let who = Who::of(&event.context, "invoke");
+    serve(app, &who, &event.context, &event.payload)
+        .await
+        .map_err(FunctionError)
+}
+
+/// The IAM Function URL: the verified caller is the audited identity and
+/// the one the caller policy judges. Errors are answered as HTTP.
+async fn handle_url(app: &App, event: &LambdaEvent<Value>) -> Value {
+    let mut who = Who::of(&event.context, "url");
+    let result = match callers::url_request(&event.payload) {
+        Ok(r) if r.method == "POST" => {
+            who.caller_arn = Some(r.caller_arn);
+            serve(app, &who, &event.context, &r.body).await
+        }
+        Ok(r) => {
+            who.caller_arn = Some(r.caller_arn);
+            Err(MintError::InvalidRequest(
+                "the mint's URL accepts POST with a JSON body".into(),
+            ))
+        }
+        Err(reason) => Err(MintError::CallerNotAllowed(reason)),
+    };
+    // `serve` logs its own refusals; this one never reached it.
+    if let Err(e) = &result
+        && who.caller_arn.is_none()
+    {
+        tracing::warn!(entrance = who.entrance, request_id = %who.request_id, function_arn = %who.function_arn, error = e.error_type(), reason = %e, "mint rejected");
+    }
+    let (status, body) = match result {
+        Ok(v) => (200, v),
+        Err(e) => (
+            http_status(&e),
+            json!({"errorType": e.error_type(), "errorMessage": e.to_string()}),
+        ),
+    };
+    json!({
+        "statusCode": status,
+        "headers": {"content-type": "application/json", "cache-control": "no-store"},
+        "body": body.to_string(),
+    })
+}
+
+/// The single mapping from mint errors to the URL's HTTP statuses.
+fn http_status(e: &MintError) -> u16 {
+    match e {
+        MintError::InvalidRequest(_) => 400,
+        MintError::CallerNotAllowed(_) => 403,
+        MintError::InstallNotFound(_) | MintError::LocationNotInstalled(_) => 404,
+        MintError::NeedsReauthorization(_) => 409,
+        MintError::AppUninstalled(_) => 410,
+        MintError::RateLimited { .. } => 429,
+        MintError::UpstreamUnavailable(_) => 503,
+        MintError::Internal(_) => 500,
+    }
+}
+
+/// A verified caller outside the caller policy is refused before anything
+/// is read or called.
+fn admit(app: &App, who: &Who, request: &Request) -> Result<(), MintError> {
+    let (Some(arn), Some(policy)) = (&who.caller_arn, &app.svc.app.mint_callers) else {
+        return Ok(());
+    };
+    let company = match request {
+        Request::Mint(m) => m.company_id.as_deref(),
+        Request::ListInstalledLocations { company_id } => Some(company_id.as_str()),
+    };
+    policy
+        .check(arn, callers::account_of(&who.function_arn), company)
+        .map_err(|r| MintError::CallerNotAllowed(r.to_string()))
+}
+
+async fn serve(
+    app: &App,
+    who: &Who,
+    ctx: &lambda_runtime::Context,
+    payload: &Value,
+) -> Result<Value, MintError> {
+    let owner = format!("mint:{}", ctx.request_id);
     // Lambda always sends a deadline; a local emulator may send none (0).
-    let left_ms = event.context.deadline as i64 - shared::model::now_millis();
+    let left_ms = ctx.deadline as i64 - shared::model::now_millis();
     let deadline = (left_ms > 0).then(|| {
         (Instant::now() + Duration::from_millis(left_ms as u64))
             .checked_sub(DEADLINE_RESERVE)
@@ -82,16 +188,31 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionE
         app_id: app.cfg.app_id.as_deref(),
         deadline,
     };
-    let request = shared::mint::parse_request(&event.payload).map_err(|e| {
-        tracing::warn!(caller, error = e.error_type(), reason = %e, "mint rejected");
-        FunctionError(e)
-    })?;
+    let request = shared::mint::parse_request(payload)
+        .and_then(|r| admit(app, who, &r).map(|()| r))
+        .inspect_err(|e| {
+            tracing::warn!(
+                audit = true,
+                entrance = who.entrance,
+                caller_arn = who.caller_arn(),
+                claimedCaller = %who.claimed,
+                request_id = %who.request_id,
+                function_arn = %who.function_arn,
+                error = e.error_type(),
+                reason = %e,
+                "mint rejected"
+            );
+        })?;
     match request {
         Request::Mint(req) => match minter.mint(&req).await {
             Ok(resp) => {
                 tracing::info!(
                     audit = true,
-                    caller,
+                    entrance = who.entrance,
+                    caller_arn = who.caller_arn(),
+                    claimedCaller = %who.claimed,
+                    request_id = %who.request_id,
+                    function_arn = %who.function_arn,
                     company_id = resp.company_id.as_deref().unwrap_or(""),
                     location_id = %resp.location_id,
                     source = resp.source,
@@ -100,32 +221,33 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionE
                     "location token served"
                 );
                 shared::metrics::count_by("MintServed", ("Source", resp.source), 1);
-                serde_json::to_value(&resp).map_err(|e| {
-                    FunctionError(MintError::Internal(format!("response serialisation: {e}")))
-                })
+                serde_json::to_value(&resp)
+                    .map_err(|e| MintError::Internal(format!("response serialisation: {e}")))
             }
             Err(e) => {
-                tracing::warn!(caller, location_id = %req.location_id, error = e.error_type(), reason = %e, "mint failed");
+                tracing::warn!(entrance = who.entrance, caller_arn = who.caller_arn(), claimedCaller = %who.claimed, request_id = %who.request_id, location_id = %req.location_id, error = e.error_type(), reason = %e, "mint failed");
                 shared::metrics::count_by("MintErrors", ("ErrorType", e.error_type()), 1);
-                Err(FunctionError(e))
+                Err(e)
             }
         },
         Request::ListInstalledLocations { company_id } => {
             match minter.installed_locations(&company_id).await {
                 Ok(list) => {
                     tracing::info!(
-                        caller,
+                        entrance = who.entrance,
+                        caller_arn = who.caller_arn(),
+                        claimedCaller = %who.claimed,
+                        request_id = %who.request_id,
                         company_id,
                         count = list.count,
                         "installed locations listed"
                     );
-                    serde_json::to_value(&list).map_err(|e| {
-                        FunctionError(MintError::Internal(format!("response serialisation: {e}")))
-                    })
+                    serde_json::to_value(&list)
+                        .map_err(|e| MintError::Internal(format!("response serialisation: {e}")))
                 }
                 Err(e) => {
-                    tracing::warn!(caller, company_id, error = e.error_type(), reason = %e, "listing failed");
-                    Err(FunctionError(e))
+                    tracing::warn!(entrance = who.entrance, caller_arn = who.caller_arn(), claimedCaller = %who.claimed, request_id = %who.request_id, company_id, error = e.error_type(), reason = %e, "listing failed");
+                    Err(e)
                 }
             }
         }

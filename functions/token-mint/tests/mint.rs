@@ -940,3 +940,209 @@ async fn a_mint_refreshes_only_with_the_whole_window_before_its_deadline() {
     assert_eq!(ok["source"], "minted", "{ok}");
     assert_eq!(stack.install(&company).await.refresh_count, 1);
 }
+
+/// A request for another company must not be handed the token a concurrent
+/// mint stores: neither the waiter's poll nor the re-read under the lock
+/// may skip the company check the cache path makes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_request_for_another_company_is_refused_not_served() {
+    let stack = Stack::new().await;
+    for co in ["co-1", "co-2"] {
+        stack
+            .seed_install(&InstallId::Company(co.into()), co, 86_399)
+            .await;
+    }
+    stack.sim.add_locations("co-1", &[("loc-race", "Race")]);
+    stack.sim.set_faults(Faults {
+        latency_ms: 1_500,
+        ..Default::default()
+    });
+    let a = stack.spawn("token-mint", &[]);
+    let b = stack.spawn("token-mint", &[]);
+    let own = invoke(
+        &stack,
+        json!({"locationId": "loc-race", "companyId": "co-1"}),
+    );
+    let other = async {
+        // Late enough that the first request holds the mint lock.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        invoke(
+            &stack,
+            json!({"locationId": "loc-race", "companyId": "co-2"}),
+        )
+        .await
+    };
+    let (own, other) = tokio::join!(own, other);
+    let own = served(own, &[&a, &b]);
+    assert_eq!(own["source"], "minted", "{own}");
+    assert_eq!(own["companyId"], "co-1");
+    let (t, m) = failed(other, &[&a, &b]);
+    assert_eq!(t, "InvalidRequest", "{m}");
+    assert!(m.contains("belongs to company co-1, not co-2"), "{m}");
+    assert_eq!(
+        stack.sim.counters().location_mints.get("loc-race"),
+        Some(&1)
+    );
+    let logs = all_logs(&[&a, &b]);
+    assert!(!logs.contains(own["accessToken"].as_str().unwrap()));
+}
+
+const MINT_ARN: &str = "arn:aws:lambda:us-east-1:111122223333:function:token-mint";
+
+/// A Function URL request (payload 2.0) as Lambda builds it for a
+/// SigV4-signed caller.
+fn url_event(caller_arn: &str, body: Value) -> Value {
+    json!({
+        "version": "2.0",
+        "rawPath": "/",
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {
+            "accountId": "111122223333",
+            "http": {"method": "POST", "path": "/"},
+            "authorizer": {"iam": {"userArn": caller_arn, "accountId": "111122223333"}}
+        },
+        "body": body.to_string(),
+        "isBase64Encoded": false
+    })
+}
+
+async fn invoke_url(stack: &Stack, caller_arn: &str, body: Value) -> (u64, Value) {
+    let opts = InvokeOptions {
+        function_arn: format!("{MINT_ARN}:url"),
+        ..InvokeOptions::with_deadline(Duration::from_secs(30))
+    };
+    let r = stack
+        .api
+        .invoke_with(url_event(caller_arn, body), opts)
+        .await
+        .expect("the URL entrance answers HTTP");
+    let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    (r["statusCode"].as_u64().unwrap(), body)
+}
+
+/// Adds `mint_callers` to the stack's app secret (read at cold start).
+async fn set_caller_policy(stack: &Stack, policy: Value) {
+    stack.set_secret_field("mint_callers", policy).await;
+}
+
+fn audit_lines(logs: &[String], message: &str) -> Vec<Value> {
+    testkit::stack::json_logs(logs)
+        .into_iter()
+        .filter(|l| l["message"] == message)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_iam_url_entrance_audits_the_verified_caller_and_applies_the_policy() {
+    let stack = Stack::new().await;
+    stack
+        .seed_install(&InstallId::Company("co-u".into()), "co-u", 86_399)
+        .await;
+    stack.sim.add_locations("co-u", &[("loc-u", "U")]);
+    set_caller_policy(&stack, json!({"role/billing": ["co-u"]})).await;
+    let f = stack.spawn("token-mint", &[]);
+    let billing = "arn:aws:sts::111122223333:assumed-role/billing/run-7";
+    let mallory = "arn:aws:iam::111122223333:user/mallory";
+    let request = json!({"locationId": "loc-u", "companyId": "co-u"});
+
+    let before = stack.items().await;
+    let (status, body) = invoke_url(&stack, mallory, request.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errorType"], "CallerNotAllowed");
+    assert!(body["errorMessage"].as_str().unwrap().contains(mallory));
+    // Same role name in another account: not the role the policy names.
+    let foreign = "arn:aws:sts::999999999999:assumed-role/billing/x";
+    let (status, body) = invoke_url(&stack, foreign, request.clone()).await;
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (403, Some("CallerNotAllowed"))
+    );
+    // A policy limited to companies needs the company named.
+    let (status, body) = invoke_url(&stack, billing, json!({"locationId": "loc-u"})).await;
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (403, Some("CallerNotAllowed"))
+    );
+    assert_eq!(
+        stack.items().await,
+        before,
+        "a refused caller changed the table"
+    );
+    assert!(
+        stack.sim.counters().location_mints.is_empty(),
+        "a refused caller reached HighLevel"
+    );
+
+    let (status, body) = invoke_url(&stack, billing, request.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["source"], "minted");
+    assert_eq!(body["companyId"], "co-u");
+
+    let logs = f.logs();
+    let served = audit_lines(&logs, "location token served");
+    assert_eq!(served.len(), 1, "{logs:?}");
+    let s = &served[0];
+    assert_eq!(s["entrance"], "url");
+    assert_eq!(s["caller_arn"], billing);
+    assert_eq!(s["function_arn"], format!("{MINT_ARN}:url"));
+    assert!(!s["request_id"].as_str().unwrap().is_empty());
+    let refused = audit_lines(&logs, "mint rejected");
+    let refused_callers: Vec<&str> = refused
+        .iter()
+        .map(|l| l["caller_arn"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused_callers, [mallory, foreign, billing], "{logs:?}");
+    assert!(refused.iter().all(|l| l["error"] == "CallerNotAllowed"));
+    stack.assert_logs_clean(&logs, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_invoke_is_audited_with_request_id_and_the_claim_as_a_claim() {
+    let stack = Stack::new().await;
+    stack
+        .seed_install(&InstallId::Company("co-d".into()), "co-d", 86_399)
+        .await;
+    stack.sim.add_locations("co-d", &[("loc-d", "D")]);
+    // A caller policy binds only verified callers; a direct invoke cannot
+    // name one, so it is governed by who may invoke the function.
+    set_caller_policy(&stack, json!({"role/billing": ["co-other"]})).await;
+    let f = stack.spawn("token-mint", &[]);
+    let opts = InvokeOptions {
+        function_arn: MINT_ARN.into(),
+        // The shape the AWS SDKs send (lambda_runtime refuses others).
+        client_context: Some(json!({
+            "client": {"installation_id": "i", "app_title": "t", "app_version_name": "v", "app_version_code": "c", "app_package_name": "p"},
+            "custom": {"caller": "billing-svc"},
+            "environment": {}
+        })),
+        ..InvokeOptions::with_deadline(Duration::from_secs(30))
+    };
+    let r = stack
+        .api
+        .invoke_with(
+            json!({"locationId": "loc-d", "companyId": "co-d"}),
+            opts.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["source"], "minted");
+    // A payload shaped like a URL request, sent by direct invoke, is a
+    // request like any other: its "verified" caller is never believed.
+    let forged = url_event(
+        "arn:aws:sts::111122223333:assumed-role/billing/x",
+        json!({"locationId": "loc-d"}),
+    );
+    let (t, _) = error_type(stack.api.invoke_with(forged, opts).await);
+    assert_eq!(t, "InvalidRequest");
+    let logs = f.logs();
+    let served = audit_lines(&logs, "location token served");
+    assert_eq!(served.len(), 1, "{logs:?}");
+    let s = &served[0];
+    assert_eq!(s["entrance"], "invoke");
+    assert_eq!(s["claimedCaller"], "billing-svc");
+    assert_eq!(s["caller_arn"], "");
+    assert_eq!(s["function_arn"], MINT_ARN);
+    assert!(!s["request_id"].as_str().unwrap().is_empty());
+    assert_eq!(s["audit"], true);
+}
