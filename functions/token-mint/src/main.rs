@@ -110,6 +110,38 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, FunctionE
                 Err(FunctionError(e))
             }
         },
+        Request::CompanyToken {
+            company_id,
+            min_validity_secs,
+        } => match minter
+            .serve_company_token(&company_id, min_validity_secs)
+            .await
+        {
+            Ok(resp) => {
+                // The location token's audit fields, location empty: one
+                // query over `audit` finds every token served.
+                tracing::info!(
+                    audit = true,
+                    caller,
+                    company_id = %resp.company_id,
+                    location_id = "",
+                    user_type = resp.user_type,
+                    source = resp.source,
+                    token_fp = %resp.access_token.fingerprint(),
+                    expires_at = %resp.expires_at,
+                    "company token served"
+                );
+                shared::metrics::count_by("MintServed", ("Source", resp.source), 1);
+                serde_json::to_value(&resp).map_err(|e| {
+                    FunctionError(MintError::Internal(format!("response serialisation: {e}")))
+                })
+            }
+            Err(e) => {
+                tracing::warn!(caller, company_id, error = e.error_type(), reason = %e, "company token failed");
+                shared::metrics::count_by("MintErrors", ("ErrorType", e.error_type()), 1);
+                Err(FunctionError(e))
+            }
+        },
         Request::ListInstalledLocations { company_id } => {
             match minter.installed_locations(&company_id).await {
                 Ok(list) => {
