@@ -134,7 +134,9 @@ async fn invoke(
         return error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
-            &format!("Function not found: arn:aws:lambda:us-east-1:000000000000:function:{function}"),
+            &format!(
+                "Function not found: arn:aws:lambda:us-east-1:000000000000:function:{function}"
+            ),
         );
     };
     let kind = headers
@@ -219,9 +221,15 @@ async fn invoke(
     )
         .into_response();
     let h = response.headers_mut();
-    h.insert("x-amz-executed-version", HeaderValue::from_static("$LATEST"));
+    h.insert(
+        "x-amz-executed-version",
+        HeaderValue::from_static("$LATEST"),
+    );
     if function_error {
-        h.insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+        h.insert(
+            "x-amz-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
     }
     response
 }
