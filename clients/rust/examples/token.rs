@@ -30,7 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("location token: {location:?}");
     let agency = mint.company_token(&company_id).await;
     match agency {
-        Ok(t) => println!("agency token expires at {} ({} s left)", t.expires_at, t.expires_in().as_secs()),
+        Ok(t) => println!(
+            "agency token expires at {} ({} s left)",
+            t.expires_at,
+            t.expires_in().as_secs()
+        ),
         Err(e) if e.is_retryable() => println!("try again later: {e}"),
         Err(e) => println!("needs a person: {e}"),
     }
