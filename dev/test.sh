@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every check CI runs: formatting, lints, the infrastructure template, the
 # arm64 release build of the functions (dev/package.sh), and
-# the whole test suite (unit, integration against moto and the HighLevel
-# simulator, and a small chaos run), then a headless Chromium walking the
+# the whole test suite (the Node and Python token clients' own tests, unit,
+# integration against moto and the HighLevel simulator, and a small chaos run), then a headless Chromium walking the
 # install flow (dev/browser-test.sh, which needs 127.0.0.1:5055, 8700 and
 # 9000 free). Installs what it needs.
 #
@@ -23,6 +23,9 @@ dev/package.sh
 start_moto
 log "building the function binaries the integration tests run"
 cargo build --workspace --bins --locked
+log "Node and Python token clients: pinned installs and unit tests (dev/clients.sh)"
+# Before cargo test: its clients test drives both through their SDKs.
+dev/clients.sh test
 log "cargo test"
 cargo test --workspace --locked -- --skip chaos_
 log "chaos test (its counts printed)"

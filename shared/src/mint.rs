@@ -8,6 +8,9 @@
 //! sweeps never race on a refresh token. Concurrent mints for one location
 //! make one HighLevel call: a short lock item elects the minter, the others
 //! wait for its stored result.
+//!
+//! `companyToken` serves the company grant's own access token (refreshed
+//! first under the same protocol when it has too little life left).
 
 use crate::events::StateChanged;
 use crate::ghl::{GhlError, InstalledLocation};
@@ -133,7 +136,15 @@ pub struct MintRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Mint(MintRequest),
-    ListInstalledLocations { company_id: String },
+    ListInstalledLocations {
+        company_id: String,
+    },
+    /// The agency's own access token, for HighLevel's company-level
+    /// endpoints (sub-account search and creation, SaaS, snapshots).
+    CompanyToken {
+        company_id: String,
+        min_validity_secs: u64,
+    },
 }
 
 fn id_field(
@@ -197,9 +208,16 @@ pub fn parse_request(event: &Value) -> Result<Request, MintError> {
             let company_id = id_field(obj, "companyId", true)?.unwrap_or_default();
             return Ok(Request::ListInstalledLocations { company_id });
         }
+        Some(Value::String(a)) if a == "companyToken" => {
+            let company_id = id_field(obj, "companyId", true)?.unwrap_or_default();
+            return Ok(Request::CompanyToken {
+                company_id,
+                min_validity_secs: min_validity(obj)?,
+            });
+        }
         Some(Value::String(a)) => {
             return Err(MintError::InvalidRequest(format!(
-                "unknown action {:?}; expected \"mint\" (the default) or \"listInstalledLocations\"",
+                "unknown action {:?}; expected \"mint\" (the default), \"companyToken\" or \"listInstalledLocations\"",
                 a.chars().take(40).collect::<String>()
             )));
         }
@@ -212,28 +230,28 @@ pub fn parse_request(event: &Value) -> Result<Request, MintError> {
     }
     let location_id = id_field(obj, "locationId", true)?.unwrap_or_default();
     let company_id = id_field(obj, "companyId", false)?;
-    let min_validity_secs = match obj.get("minValiditySeconds") {
-        None | Some(Value::Null) => DEFAULT_MIN_VALIDITY,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if v <= MAX_MIN_VALIDITY => v,
-            _ => {
-                return Err(MintError::InvalidRequest(format!(
-                    "minValiditySeconds must be a whole number from 0 to {MAX_MIN_VALIDITY}"
-                )));
-            }
-        },
-        Some(other) => {
-            return Err(MintError::InvalidRequest(format!(
-                "minValiditySeconds must be a number, not {}",
-                json_type(other)
-            )));
-        }
-    };
+    let min_validity_secs = min_validity(obj)?;
     Ok(Request::Mint(MintRequest {
         location_id,
         company_id,
         min_validity_secs,
     }))
+}
+
+fn min_validity(obj: &serde_json::Map<String, Value>) -> Result<u64, MintError> {
+    match obj.get("minValiditySeconds") {
+        None | Some(Value::Null) => Ok(DEFAULT_MIN_VALIDITY),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v <= MAX_MIN_VALIDITY => Ok(v),
+            _ => Err(MintError::InvalidRequest(format!(
+                "minValiditySeconds must be a whole number from 0 to {MAX_MIN_VALIDITY}"
+            ))),
+        },
+        Some(other) => Err(MintError::InvalidRequest(format!(
+            "minValiditySeconds must be a number, not {}",
+            json_type(other)
+        ))),
+    }
 }
 
 /// The answer. `access_token` is the only token; never a refresh token.
@@ -270,6 +288,24 @@ impl MintResponse {
             source,
         }
     }
+}
+
+/// The answer to `companyToken`: the agency's access token, never its
+/// refresh token.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompanyTokenResponse {
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    pub token_type: &'static str,
+    pub expires_at: String,
+    pub expires_in: i64,
+    pub scope: Option<String>,
+    pub company_id: String,
+    pub user_type: &'static str,
+    /// `company-install` (the stored grant as it was) or `refreshed`
+    /// (refreshed first under the protocol).
+    pub source: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -554,6 +590,48 @@ impl Minter<'_> {
             })
     }
 
+    /// The `companyToken` action: the company grant with more than
+    /// `min_validity` seconds left, refreshed first under the protocol (one
+    /// refresher per grant; concurrent callers wait for its result, as
+    /// location mints do).
+    pub async fn serve_company_token(
+        &self,
+        company_id: &str,
+        min_validity: u64,
+    ) -> Result<CompanyTokenResponse, MintError> {
+        let stored = self.stored_company(company_id).await?;
+        let Some((grant, refreshed)) = self.fresh_grant(&stored.id, min_validity).await? else {
+            // The refresh ended the grant (or an uninstall landed meanwhile):
+            // name what is stored now.
+            let now = self.stored_company(company_id).await?;
+            if now.state == InstallState::Active && now.expires_at > now_secs() {
+                // Refreshed, and still short: HighLevel's tokens live less
+                // than was asked, and asking again would only refresh again.
+                return Err(MintError::InvalidRequest(format!(
+                    "HighLevel's company tokens for {company_id} live {} s, less than the minValiditySeconds asked ({min_validity}); ask for less",
+                    now.expires_at - now_secs()
+                )));
+            }
+            return Err(MintError::NeedsReauthorization(format!(
+                "the agency grant for company {company_id} could not be refreshed; the agency must reinstall the app"
+            )));
+        };
+        Ok(CompanyTokenResponse {
+            access_token: grant.access_token.clone(),
+            token_type: "Bearer",
+            expires_at: rfc3339(grant.expires_at),
+            expires_in: (grant.expires_at - now_secs()).max(0),
+            scope: grant.info.scope.clone(),
+            company_id: company_id.to_owned(),
+            user_type: "Company",
+            source: if refreshed {
+                "refreshed"
+            } else {
+                "company-install"
+            },
+        })
+    }
+
     /// A token nobody stores is a chain nobody keeps alive: neither a
     /// refresh token is presented nor a location token minted without time
     /// left to store the answer. `need` is one call and its writes, or a
@@ -809,6 +887,23 @@ mod tests {
                 company_id: "c".into()
             }
         );
+        assert_eq!(
+            parse_request(
+                &json!({"action": "companyToken", "companyId": "c", "minValiditySeconds": 900})
+            )
+            .unwrap(),
+            Request::CompanyToken {
+                company_id: "c".into(),
+                min_validity_secs: 900
+            }
+        );
+        assert_eq!(
+            parse_request(&json!({"action": "companyToken", "companyId": "c"})).unwrap(),
+            Request::CompanyToken {
+                company_id: "c".into(),
+                min_validity_secs: DEFAULT_MIN_VALIDITY
+            }
+        );
     }
 
     #[test]
@@ -836,6 +931,19 @@ mod tests {
             (
                 json!({"action": "listInstalledLocations"}),
                 "companyId is required",
+            ),
+            (json!({"action": "companyToken"}), "companyId is required"),
+            (
+                json!({"action": "companyToken", "companyId": "c/d"}),
+                "only letters",
+            ),
+            (
+                json!({"action": "companyToken", "companyId": "c", "minValiditySeconds": 90_000}),
+                "whole number",
+            ),
+            (
+                json!({"action": "companyToken", "companyId": "c", "minValiditySeconds": true}),
+                "must be a number, not a boolean",
             ),
         ];
         for (input, expect) in cases {

@@ -250,6 +250,31 @@ impl RuntimeApi {
         event: Value,
         opts: InvokeOptions,
     ) -> Result<Value, InvokeError> {
+        self.invoker().invoke_with(event, opts).await
+    }
+
+    /// A handle that invokes through this emulator from another task (the
+    /// [`invoke_api::InvokeApi`] front); it does not keep the emulator running.
+    pub fn invoker(&self) -> Invoker {
+        Invoker {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Invokes through a [`RuntimeApi`]; see [`RuntimeApi::invoker`].
+#[derive(Clone)]
+pub struct Invoker {
+    shared: Arc<Shared>,
+}
+
+impl Invoker {
+    /// [`RuntimeApi::invoke_with`].
+    pub async fn invoke_with(
+        &self,
+        event: Value,
+        opts: InvokeOptions,
+    ) -> Result<Value, InvokeError> {
         let id = request_id();
         let (done, outcome) = oneshot::channel();
         let invocation = Invocation {
@@ -889,6 +914,7 @@ mod tests {
     }
 }
 
+pub mod invoke_api;
 pub mod stack;
 
 /// GET without following redirects; the `Location` header of the answer.

@@ -160,7 +160,8 @@ fn admit(app: &App, who: &Who, request: &Request) -> Result<(), MintError> {
     };
     let company = match request {
         Request::Mint(m) => m.company_id.as_deref(),
-        Request::ListInstalledLocations { company_id } => Some(company_id.as_str()),
+        Request::ListInstalledLocations { company_id }
+        | Request::CompanyToken { company_id, .. } => Some(company_id.as_str()),
     };
     policy
         .check(arn, callers::account_of(&who.function_arn), company)
@@ -226,6 +227,41 @@ async fn serve(
             }
             Err(e) => {
                 tracing::warn!(entrance = who.entrance, caller_arn = who.caller_arn(), claimedCaller = %who.claimed, request_id = %who.request_id, location_id = %req.location_id, error = e.error_type(), reason = %e, "mint failed");
+                shared::metrics::count_by("MintErrors", ("ErrorType", e.error_type()), 1);
+                Err(e)
+            }
+        },
+        Request::CompanyToken {
+            company_id,
+            min_validity_secs,
+        } => match minter
+            .serve_company_token(&company_id, min_validity_secs)
+            .await
+        {
+            Ok(resp) => {
+                // The location token's audit fields, location empty: one
+                // query over `audit` finds every token served.
+                tracing::info!(
+                    audit = true,
+                    entrance = who.entrance,
+                    caller_arn = who.caller_arn(),
+                    claimedCaller = %who.claimed,
+                    request_id = %who.request_id,
+                    function_arn = %who.function_arn,
+                    company_id = %resp.company_id,
+                    location_id = "",
+                    user_type = resp.user_type,
+                    source = resp.source,
+                    token_fp = %resp.access_token.fingerprint(),
+                    expires_at = %resp.expires_at,
+                    "company token served"
+                );
+                shared::metrics::count_by("MintServed", ("Source", resp.source), 1);
+                serde_json::to_value(&resp)
+                    .map_err(|e| MintError::Internal(format!("response serialisation: {e}")))
+            }
+            Err(e) => {
+                tracing::warn!(entrance = who.entrance, caller_arn = who.caller_arn(), claimedCaller = %who.claimed, request_id = %who.request_id, company_id, error = e.error_type(), reason = %e, "company token failed");
                 shared::metrics::count_by("MintErrors", ("ErrorType", e.error_type()), 1);
                 Err(e)
             }

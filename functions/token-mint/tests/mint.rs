@@ -1146,3 +1146,187 @@ async fn direct_invoke_is_audited_with_request_id_and_the_claim_as_a_claim() {
     assert!(!s["request_id"].as_str().unwrap().is_empty());
     assert_eq!(s["audit"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn company_tokens_are_served_refreshed_once_and_never_with_a_refresh_token() {
+    // Short-lived tokens, so a request can ask for more life than one has left.
+    let stack = Stack::with_sim(SimConfig {
+        access_token_ttl_secs: 3_000,
+        ..SimConfig::default()
+    })
+    .await;
+    let company = InstallId::Company("co-k".into());
+    // Near expiry: the first caller must refresh it first.
+    let before = stack.seed_install(&company, "co-k", 100).await;
+    stack.sim.set_faults(Faults {
+        latency_ms: 200,
+        ..Default::default()
+    });
+    let procs: Vec<_> = (0..3).map(|_| stack.spawn("token-mint", &[])).collect();
+    let refs: Vec<&FunctionProcess> = procs.iter().collect();
+    let ask = |min: u64| {
+        invoke(
+            &stack,
+            json!({"action": "companyToken", "companyId": "co-k", "minValiditySeconds": min}),
+        )
+    };
+    let burst = join_all((0..6).map(|_| ask(300)).collect()).await;
+    let answers: Vec<Value> = burst.into_iter().map(|r| served(r, &refs)).collect();
+    let after = stack.install(&company).await;
+    assert_eq!(after.version, before.version + 1, "refreshed exactly once");
+    assert_eq!(stack.sim.counters().refreshes, 1);
+    assert_eq!(stack.sim.ledger().presented_twice(), 0);
+    for a in &answers {
+        assert_eq!(a["accessToken"].as_str(), Some(after.access_token.expose()));
+        assert_eq!(a["userType"], "Company");
+        assert_eq!(a["companyId"], "co-k");
+        assert_eq!(a["tokenType"], "Bearer");
+        assert!(
+            a["expiresIn"].as_i64().unwrap() > 2_900,
+            "{}",
+            a["expiresIn"]
+        );
+        assert!(a["expiresAt"].as_str().unwrap().ends_with('Z'));
+        assert!(a.get("locationId").is_none());
+        assert!(a.get("refreshToken").is_none() && !a.to_string().contains("refresh_token"));
+        assert!(!a.to_string().contains(after.refresh_token.expose()));
+    }
+    let sources: Vec<&str> = answers
+        .iter()
+        .map(|a| a["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources.iter().filter(|s| **s == "refreshed").count(),
+        1,
+        "{sources:?}"
+    );
+    assert!(
+        sources
+            .iter()
+            .all(|s| *s == "refreshed" || *s == "company-install"),
+        "{sources:?}"
+    );
+
+    // Fresh now: served as stored, nothing presented.
+    let again = served(ask(300).await, &refs);
+    assert_eq!(again["source"], "company-install");
+    assert_eq!(again["accessToken"], answers[0]["accessToken"]);
+    assert_eq!(stack.sim.counters().refreshes, 1);
+    // Asking for more life than it has left refreshes it again.
+    let co_2 = InstallId::Company("co-k2".into());
+    let short = stack.seed_install(&co_2, "co-k2", 2_000).await;
+    let longer = served(
+        invoke(
+            &stack,
+            json!({"action": "companyToken", "companyId": "co-k2", "minValiditySeconds": 2_500}),
+        )
+        .await,
+        &refs,
+    );
+    assert_eq!(longer["source"], "refreshed", "{}", longer["source"]);
+    assert_ne!(
+        longer["accessToken"].as_str(),
+        Some(short.access_token.expose())
+    );
+    assert_eq!(stack.sim.counters().refreshes, 2);
+    // More than HighLevel's tokens ever have: refused, saying so.
+    let (t, m) = failed(ask(3_500).await, &refs);
+    assert_eq!(t, "InvalidRequest", "{m}");
+    assert!(m.contains("ask for less"), "{m}");
+    // A location request still works beside it.
+    stack.sim.add_locations("co-k", &[("loc-k", "K")]);
+    let loc = served(
+        invoke(&stack, json!({"locationId": "loc-k", "companyId": "co-k"})).await,
+        &refs,
+    );
+    assert_eq!(loc["userType"], "Location");
+
+    // The audit line: the location token's fields, the fingerprint, the caller.
+    let logs = all_logs(&refs);
+    let audit: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "company token served")
+        .collect();
+    assert_eq!(audit.len(), 8, "one audit line per token served:\n{logs}");
+    let line = serde_json::to_string(&audit[0]).unwrap();
+    for field in [
+        "\"audit\":true",
+        "token_fp",
+        "\"company_id\":\"co-k\"",
+        "\"claimedCaller\":\"unknown\"",
+        "request_id",
+        "function_arn",
+        "expires_at",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    stack
+        .assert_logs_clean(&logs.lines().map(str::to_owned).collect::<Vec<_>>(), &[])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn company_token_errors_have_the_mints_types_and_change_nothing() {
+    let stack = Stack::new().await;
+    let f = stack.spawn("token-mint", &[]);
+    let ask = |event: Value| invoke(&stack, event);
+    let before = stack.items().await;
+    for (event, want, text) in [
+        (
+            json!({"action": "companyToken"}),
+            "InvalidRequest",
+            "companyId is required",
+        ),
+        (
+            json!({"action": "companyToken", "companyId": "co/x"}),
+            "InvalidRequest",
+            "only letters",
+        ),
+        (
+            json!({"action": "companyToken", "companyId": "co", "minValiditySeconds": 86_400}),
+            "InvalidRequest",
+            "whole number",
+        ),
+        (
+            json!({"action": "companyToken", "companyId": "co-none"}),
+            "InstallNotFound",
+            "has not installed the app",
+        ),
+    ] {
+        let (t, m) = failed(ask(event.clone()).await, &[&f]);
+        assert_eq!(t, want, "{event}: {m}");
+        assert!(m.contains(text), "{event}: {m}");
+    }
+    assert_eq!(stack.items().await, before, "bad input changed the table");
+
+    // A revoked company grant: the agency must reinstall.
+    let co_r = InstallId::Company("co-kr".into());
+    stack.seed_install(&co_r, "co-kr", 60).await;
+    stack.sim.revoke(ghl_sim::UserType::Company, "co-kr");
+    let (t, m) = failed(
+        ask(json!({"action": "companyToken", "companyId": "co-kr"})).await,
+        &[&f],
+    );
+    assert_eq!(t, "NeedsReauthorization", "{m}");
+    assert!(m.contains("reinstall"), "{m}");
+    let (t, m) = failed(
+        ask(json!({"action": "companyToken", "companyId": "co-kr"})).await,
+        &[&f],
+    );
+    assert_eq!(
+        t, "NeedsReauthorization",
+        "the stored state says so now: {m}"
+    );
+
+    // HighLevel's 429 on the refresh: retryable, with the wait.
+    let co_l = InstallId::Company("co-kl".into());
+    stack.seed_install(&co_l, "co-kl", 60).await;
+    stack.sim.push_fault(Fault::RateLimited);
+    let (t, m) = failed(
+        ask(json!({"action": "companyToken", "companyId": "co-kl"})).await,
+        &[&f],
+    );
+    assert!(t == "RateLimited" || t == "UpstreamUnavailable", "{t}: {m}");
+    stack.assert_logs_clean(&f.logs(), &[]).await;
+}
