@@ -761,6 +761,20 @@ impl FunctionProcess {
             .clone()
     }
 
+    /// Every line captured once one containing `needle` has arrived (or
+    /// after 5 s): a function writes its log lines before it answers, but
+    /// they cross a pipe and may reach us after the answer does.
+    pub async fn logs_once(&self, needle: &str) -> Vec<String> {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            if logs.iter().any(|l| l.contains(needle)) || std::time::Instant::now() > until {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILLs the process and waits for it, and for its last output to be captured.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -1079,7 +1079,7 @@ async fn the_iam_url_entrance_audits_the_verified_caller_and_applies_the_policy(
     assert_eq!(body["source"], "minted");
     assert_eq!(body["companyId"], "co-u");
 
-    let logs = f.logs();
+    let logs = f.logs_once("location token served").await;
     let served = audit_lines(&logs, "location token served");
     assert_eq!(served.len(), 1, "{logs:?}");
     let s = &served[0];
@@ -1135,7 +1135,7 @@ async fn direct_invoke_is_audited_with_request_id_and_the_claim_as_a_claim() {
     );
     let (t, _) = error_type(stack.api.invoke_with(forged, opts).await);
     assert_eq!(t, "InvalidRequest");
-    let logs = f.logs();
+    let logs = f.logs_once("location token served").await;
     let served = audit_lines(&logs, "location token served");
     assert_eq!(served.len(), 1, "{logs:?}");
     let s = &served[0];
