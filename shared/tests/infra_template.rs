@@ -1359,3 +1359,62 @@ fn only_the_functions_may_put_events_on_the_stacks_bus() {
         "not granted events:PutEvents on the state-change event bus",
     );
 }
+
+// ------------------------------------------- least privilege (issue 16, item 4)
+
+/// marketplace-webhook holds no key: no statement of its role names the app
+/// secret, and it gets the app id (its only use of the secret before) from
+/// the `AppId` parameter as `GHL_APP_ID`.
+fn webhook_secret_differences(root: &Value) -> Vec<String> {
+    let t = Template::new(root);
+    let id = function_id(root, "marketplace-webhook");
+    let mut diffs = Vec::new();
+    let statements = root["Resources"][&id]["Properties"]["Policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| one_or_many(&d["Statement"]));
+    for s in statements {
+        if one_or_many(&s["Resource"])
+            .iter()
+            .any(|r| t.classify(r) == Target::Secret)
+        {
+            diffs.push(format!("{id} is granted {} on the app secret", s["Action"]));
+        }
+    }
+    let app_id = &root["Resources"][&id]["Properties"]["Environment"]["Variables"]["GHL_APP_ID"];
+    if app_id.pointer("/Fn::If/1") != Some(&json!({"Ref": "AppId"})) {
+        diffs.push(format!(
+            "{id}: GHL_APP_ID is {app_id}, not the AppId parameter"
+        ));
+    }
+    diffs
+}
+
+#[test]
+fn the_webhook_never_reads_the_app_secret() {
+    assert!(
+        shared::iam::policy("marketplace-webhook").is_some_and(|p| p.secretsmanager.is_empty()),
+        "shared::iam lists a Secrets Manager action for marketplace-webhook"
+    );
+    let root = load_template();
+    assert_none("the webhook's secret", webhook_secret_differences(&root));
+    let reads = changed(&root, |t| {
+        let id = function_id(t, "marketplace-webhook");
+        t["Resources"][&id]["Properties"]["Policies"][0]["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                "Resource": {"Fn::If": ["CreateAppSecret", {"Ref": "AppSecret"}, {"Ref": "ExistingAppSecretArn"}]}}));
+    });
+    assert_reports(
+        "webhook reading the secret",
+        &webhook_secret_differences(&reads),
+        "on the app secret",
+    );
+    assert_reports(
+        "webhook reading the secret (against shared::iam)",
+        &policy_differences(&reads),
+        "secretsmanager:GetSecretValue on the app secret",
+    );
+}
