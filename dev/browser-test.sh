@@ -39,7 +39,7 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 log "$("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
 
-ensure_pip cargo-lambda cargo-lambda
+use_cargo_lambda
 log "building the workspace (debug)"
 cargo build --workspace --bins --locked
 BIN="$(target_dir)/debug"

@@ -13,11 +13,12 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 TEMPLATE=${INFRA_TEMPLATE:-infra/template.yaml}
-ensure_pip cfn-lint cfn-lint
-ensure_pip checkov checkov
+# Each from its own pinned virtualenv (dev/tools.lock).
+CFN_LINT_ENV=$(use_tool cfn-lint)
+CHECKOV_ENV=$(use_tool checkov)
 
-log "cfn-lint $TEMPLATE"
-cfn-lint "$TEMPLATE"
+log "cfn-lint $TEMPLATE ($("$CFN_LINT_ENV/bin/cfn-lint" --version))"
+"$CFN_LINT_ENV/bin/cfn-lint" "$TEMPLATE"
 
 # run_checkov <file> <label>: checkov's findings, its counts, and a failure
 # when anything failed or nothing was checked.
@@ -25,7 +26,7 @@ run_checkov() {
   local file=$1 label=$2 out summary passed failed skipped
   log "checkov: $label"
   # checkov exits non-zero on a failed check; the counts below decide.
-  out=$(checkov -f "$file" --framework cloudformation --skip-download --compact --quiet 2>&1) || true
+  out=$("$CHECKOV_ENV/bin/checkov" -f "$file" --framework cloudformation --skip-download --compact --quiet 2>&1) || true
   printf '%s\n' "$out"
   summary=$(printf '%s\n' "$out" | grep -Eo 'Passed checks: [0-9]+, Failed checks: [0-9]+, Skipped checks: [0-9]+' | head -n1 || true)
   if [ -z "$summary" ]; then
@@ -49,10 +50,10 @@ run_checkov() {
 run_checkov "$TEMPLATE" "$TEMPLATE"
 
 # The SAM translation, with the same translator cfn-lint uses (aws-sam-translator,
-# installed with it). A placeholder S3 CodeUri stands in for `sam package`;
+# installed with it in cfn-lint's virtualenv). A placeholder S3 CodeUri stands in for `sam package`;
 # no AWS call is made.
 translated="$STATE_DIR/template.translated.json"
-AWS_DEFAULT_REGION=us-east-1 python3 - "$TEMPLATE" "$translated" <<'PY'
+AWS_DEFAULT_REGION=us-east-1 "$CFN_LINT_ENV/bin/python" - "$TEMPLATE" "$translated" <<'PY'
 import json
 import sys
 

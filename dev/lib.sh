@@ -10,14 +10,36 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AW
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# ensure_pip <command> <pip spec>: installs the PyPI package when the command is missing.
-ensure_pip() {
-  if ! command -v "$1" >/dev/null 2>&1; then
-    log "installing $2"
-    python3 -m pip install --quiet --disable-pip-version-check "$2"
-    hash -r
+# use_tool <name>: the virtualenv of a tool pinned in dev/tools.lock
+# (.local/tools/<name>), made or remade when missing or when its line in the
+# lock changed; prints its directory. The tools' own Python and entry points
+# live in <dir>/bin; nothing is installed into the machine's Python.
+use_tool() {
+  local name=$1 spec venv stamp
+  spec=$(awk -v n="$name" '$1 == n { $1 = ""; sub(/^ +/, ""); print }' "$ROOT/dev/tools.lock")
+  [ -n "$spec" ] || { echo "error: no tool $name in dev/tools.lock" >&2; return 1; }
+  venv="$STATE_DIR/tools/$name"
+  stamp="$venv/.installed"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$spec" ]; then
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
+      || { echo "error: python3's venv module is missing (apt-get install python3-venv)" >&2; return 1; }
+    log "installing $spec into $venv (dev/tools.lock)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    # shellcheck disable=SC2086 # one or more requirements, split on purpose
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $spec >&2
+    printf '%s' "$spec" >"$stamp"
   fi
-  command -v "$1" >/dev/null 2>&1 || { echo "error: $1 still not found after pip install $2" >&2; exit 1; }
+  printf '%s\n' "$venv"
+}
+
+# use_cargo_lambda: the pinned cargo-lambda first on PATH, so `cargo lambda`
+# runs it (and finds the zig it installed, through that venv's python3).
+use_cargo_lambda() {
+  local venv
+  venv=$(use_tool cargo-lambda)
+  export PATH="$venv/bin:$PATH"
+  hash -r
 }
 
 free_port() {
@@ -44,10 +66,12 @@ trap cleanup EXIT INT TERM
 
 # start_moto [port]: moto's server on 127.0.0.1; exports AWS_ENDPOINT_URL, which the SDK honours.
 start_moto() {
-  ensure_pip moto_server 'moto[server]'
-  local port=${1:-$(free_port)}
-  # Our wrapper, not `moto_server`: see dev/moto_server.py (conditional writes must be atomic).
-  python3 "$ROOT/dev/moto_server.py" "$port" >"$STATE_DIR/moto.log" 2>&1 &
+  local moto port
+  moto=$(use_tool moto)
+  port=${1:-$(free_port)}
+  # Our wrapper, not `moto_server`: see dev/moto_server.py (conditional writes
+  # must be atomic). Run by the pinned moto's own Python.
+  "$moto/bin/python" "$ROOT/dev/moto_server.py" "$port" >"$STATE_DIR/moto.log" 2>&1 &
   PIDS+=($!)
   export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
   wait_http "$AWS_ENDPOINT_URL/moto-api/" 60

@@ -7,7 +7,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 FUNCTIONS=(oauth-callback marketplace-webhook refresh-sweep token-mint)
-ensure_pip cargo-lambda cargo-lambda
+use_cargo_lambda
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
   log "adding the aarch64-unknown-linux-gnu target"
   rustup target add aarch64-unknown-linux-gnu

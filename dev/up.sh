@@ -26,7 +26,7 @@ for var in MOTO_PORT SIM_PORT LAMBDA_PORT; do
 done
 
 require_free_ports "$LOCAL_MOTO_PORT" "$LOCAL_SIM_PORT" "$LOCAL_LAMBDA_PORT"
-ensure_pip cargo-lambda cargo-lambda
+use_cargo_lambda
 log "building the workspace (debug)"
 cargo build --workspace --bins --locked
 BIN="$(target_dir)/debug"

@@ -743,7 +743,7 @@ mod tests {
         // No app id anywhere: the webhook refuses to start, naming it.
         let err = crate::webhook::app_id(&c, None).unwrap_err().to_string();
         assert!(
-            err.contains("GHL_APP_ID") && err.contains("app_id in the app secret"),
+            err.contains("GHL_APP_ID") && err.contains("reads no app secret"),
             "{err}"
         );
         assert_eq!(

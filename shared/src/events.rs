@@ -3,7 +3,8 @@
 //! breaking (or coming back) without reading logs.
 //!
 //! One `detail-type`, [`DETAIL_TYPE`], from source [`SOURCE`], on the bus
-//! named by `EVENT_BUS_NAME` (default: the account's default bus). The
+//! named by `EVENT_BUS_NAME` (default: the account's default bus; the stack
+//! sets its own bus, whose policy admits only the four function roles). The
 //! detail is [`StateChanged`]: ids, from, to, reason, time. Never a token.
 //! Publishing is best effort: the state is already stored when the event is
 //! sent, and a failure to publish is logged, never a failed refresh.

@@ -79,7 +79,10 @@ pub const POLICIES: &[FunctionPolicy] = &[
             "dynamodb:UpdateItem",
         ],
         dynamodb_index: &[],
-        secretsmanager: &["secretsmanager:GetSecretValue"],
+        // None: it erases tokens without opening them and takes its app id
+        // from GHL_APP_ID, so it never reads the app secret (data keys,
+        // client secret).
+        secretsmanager: &[],
         events: &["events:PutEvents"],
     },
 ];

@@ -38,6 +38,51 @@ impl Services {
         Ok(svc)
     }
 
+    /// For marketplace-webhook: no app secret is read (its role may not read
+    /// it), so the process never holds the client secret or a data key. Its
+    /// store can read and erase items but not open or seal a token
+    /// ([`crate::crypto::Keyring::none`]); `app_id` comes from `GHL_APP_ID`.
+    /// The HighLevel client is built but holds no credentials, and the
+    /// webhook never calls HighLevel.
+    pub async fn load_without_secret(
+        function: &'static str,
+        common: &CommonConfig,
+        app_id: String,
+    ) -> Result<Self, InitError> {
+        let policy = crate::iam::policy(function).ok_or(InitError::UnknownFunction(function))?;
+        let ghl_cfg = common.ghl.clone();
+        let ghl = tokio::task::spawn_blocking(move || GhlClient::new(&ghl_cfg));
+        let sdk = crate::aws::sdk_config_with(&common.aws).await;
+        let ghl = ghl.await.map_err(|e| {
+            GhlError::Unreachable(format!("HTTP client set-up did not finish: {e}"))
+        })??;
+        let keyring = crate::crypto::Keyring::none();
+        let store = Store::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            &common.installs_table,
+            keyring.clone(),
+            common.due.clone(),
+        )
+        .restricted_to(policy);
+        let events = crate::events::Events::new(
+            aws_sdk_eventbridge::Client::new(&sdk),
+            common.event_bus.clone(),
+        );
+        let app = AppSecret {
+            client_id: String::new(),
+            client_secret: crate::redact::SecretString::new(""),
+            app_id: Some(app_id),
+            keyring,
+            mint_callers: None,
+        };
+        Ok(Self {
+            store,
+            ghl,
+            app,
+            events,
+        })
+    }
+
     /// The same, unrestricted: for the operator's admin tool, which runs
     /// with the operator's own credentials.
     pub async fn load_admin(common: &CommonConfig) -> Result<Self, InitError> {

@@ -300,7 +300,7 @@ pub fn app_id(
         .map(str::to_owned)
         .ok_or(crate::config::ConfigError::Missing {
             var: "GHL_APP_ID",
-            expected: "the marketplace app id whose webhooks this function applies (or app_id in the app secret)",
+            expected: "the marketplace app id whose webhooks this function applies (marketplace-webhook reads no app secret)",
         })
 }
 

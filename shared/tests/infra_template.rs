@@ -11,7 +11,9 @@
 //!   configuration table documents for that function, and the required ones
 //!   are set;
 //! - every alarm on the code's metric namespace watches a metric the code
-//!   emits, and the metrics that must page someone have an alarm.
+//!   emits, and the metrics that must page someone have an alarm;
+//! - the stack's own state-change bus admits `events:PutEvents` from the
+//!   functions' roles only (an Allow for them, a Deny for everyone else).
 //!
 //! Each check returns the list of differences, so a failure says what
 //! differs; `checks_report_mismatches` proves the checks are not vacuous.
@@ -109,7 +111,7 @@ enum Target {
     Other(String),
 }
 
-/// The state-change bus, as every function's statement names it.
+/// A bus the stack does not own, named by the `EventBusName` parameter.
 const EVENT_BUS_ARN: &str =
     "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}";
 
@@ -130,6 +132,9 @@ struct Template<'a> {
     root: &'a Value,
     table: Option<String>,
     secrets: BTreeSet<String>,
+    /// The stack's own state-change bus (created unless `EventBusName`
+    /// names another).
+    buses: BTreeSet<String>,
 }
 
 impl<'a> Template<'a> {
@@ -139,10 +144,14 @@ impl<'a> Template<'a> {
         let secrets = Self::ids_of_type(root, "AWS::SecretsManager::Secret")
             .into_iter()
             .collect();
+        let buses = Self::ids_of_type(root, "AWS::Events::EventBus")
+            .into_iter()
+            .collect();
         Self {
             root,
             table,
             secrets,
+            buses,
         }
     }
 
@@ -200,6 +209,9 @@ impl<'a> Template<'a> {
             };
             if id == table && attribute == "Arn" {
                 return Target::Table;
+            }
+            if attribute == "Arn" && self.buses.contains(id) {
+                return Target::EventBus;
             }
         }
         if let Some(sub) = object.get("Fn::Sub") {
@@ -1174,4 +1186,235 @@ fn public_urls_are_capped_alarmed_and_the_mint_url_is_iam_only() {
         "InstallErrors",
     );
     assert!(!mint.is_empty());
+}
+
+// ------------------------------------------------ the state-change bus (issue 16)
+
+/// The stack creates its own bus unless `EventBusName` names another (so the
+/// default is the stack's bus), the functions publish to it, and its
+/// resource policy admits `events:PutEvents` from the functions' roles and
+/// denies it to every other principal: an identity policy allowing
+/// PutEvents on `*` (an admin's, another service's) cannot forge an event,
+/// because an explicit Deny in the bus's policy wins.
+fn bus_policy_differences(root: &Value) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let buses = Template::ids_of_type(root, "AWS::Events::EventBus");
+    let [bus] = buses.as_slice() else {
+        return vec![format!(
+            "expected one AWS::Events::EventBus (the state-change bus), found {buses:?}"
+        )];
+    };
+    let bus_resource = &root["Resources"][bus];
+    match bus_resource["Condition"].as_str() {
+        Some(c)
+            if root["Conditions"][c]
+                == json!({"Fn::Equals": [{"Ref": "EventBusName"}, ""]}) => {}
+        other => diffs.push(format!(
+            "{bus}: its Condition {other:?} is not EventBusName == \"\" (create the bus unless another is named)"
+        )),
+    }
+    if root.pointer("/Parameters/EventBusName/Default") != Some(&json!("")) {
+        diffs.push(
+            "EventBusName must default to \"\", so that a stack gets its own bus by default"
+                .to_owned(),
+        );
+    }
+    if bus_resource["Properties"].get("Policy").is_some() {
+        diffs.push(format!(
+            "{bus}: a Policy property on the bus is not checked here; use AWS::Events::EventBusPolicy"
+        ));
+    }
+    let bus_env = root.pointer("/Globals/Function/Environment/Variables/EVENT_BUS_NAME");
+    let names_bus = bus_env
+        .and_then(|v| v.pointer("/Fn::If"))
+        .is_some_and(|b| b[1] == json!({"Ref": bus}) && b[2] == json!({"Ref": "EventBusName"}));
+    if !names_bus {
+        diffs.push(format!(
+            "Globals EVENT_BUS_NAME is {bus_env:?}, not !If [.., !Ref {bus}, !Ref EventBusName]"
+        ));
+    }
+    // The roles SAM makes for the functions that publish.
+    // (As JSON text: serde_json's Value is not Ord.)
+    let roles: BTreeSet<String> = POLICIES
+        .iter()
+        .filter(|p| !p.events.is_empty())
+        .map(|p| {
+            json!({"Fn::GetAtt": format!("{}Role.Arn", function_id(root, p.function))}).to_string()
+        })
+        .collect();
+    let set = |v: &Value| -> BTreeSet<String> {
+        one_or_many(v).into_iter().map(Value::to_string).collect()
+    };
+    let bus_arn = json!({"Fn::GetAtt": format!("{bus}.Arn")});
+    let (mut allows, mut denies) = (0, 0);
+    for (id, r) in
+        Template::resources(root).filter(|(_, r)| r["Type"] == "AWS::Events::EventBusPolicy")
+    {
+        let p = &r["Properties"];
+        if p["EventBusName"] != json!({"Ref": bus}) {
+            continue;
+        }
+        if r["Condition"] != bus_resource["Condition"] {
+            diffs.push(format!("{id}: not under the bus's Condition"));
+        }
+        let st = &p["Statement"];
+        if st["Action"] != "events:PutEvents" || st["Resource"] != bus_arn {
+            diffs.push(format!(
+                "{id}: the statement must be Action events:PutEvents on {bus}.Arn exactly"
+            ));
+        }
+        match st["Effect"].as_str() {
+            Some("Allow") => {
+                allows += 1;
+                if set(&st["Principal"]["AWS"]) != roles || st.get("Condition").is_some() {
+                    diffs.push(format!(
+                        "{id}: Allow must name exactly the publishing functions' roles {roles:?}, got {}",
+                        st["Principal"]
+                    ));
+                }
+            }
+            Some("Deny") => {
+                denies += 1;
+                let except = &st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"];
+                if st["Principal"] != "*"
+                    || set(except) != roles
+                    || st["Condition"].as_object().map(|c| c.len()) != Some(1)
+                {
+                    diffs.push(format!(
+                        "{id}: Deny must cover Principal \"*\" except (ArnNotEquals aws:PrincipalArn) exactly the roles {roles:?}"
+                    ));
+                }
+            }
+            other => diffs.push(format!("{id}: Effect {other:?}")),
+        }
+    }
+    if allows != 1 || denies != 1 {
+        diffs.push(format!(
+            "{bus}: expected one Allow and one Deny EventBusPolicy, found {allows} and {denies}"
+        ));
+    }
+    diffs
+}
+
+#[test]
+fn only_the_functions_may_put_events_on_the_stacks_bus() {
+    let root = load_template();
+    assert_none("the state-change bus", bus_policy_differences(&root));
+    let policy = |t: &mut Value, effect: &str| -> String {
+        Template::resources(t)
+            .find(|(_, r)| {
+                r["Type"] == "AWS::Events::EventBusPolicy"
+                    && r["Properties"]["Statement"]["Effect"] == effect
+            })
+            .map(|(id, _)| id.clone())
+            .unwrap()
+    };
+    let allow_all = changed(&root, |t| {
+        let id = policy(t, "Allow");
+        t["Resources"][&id]["Properties"]["Statement"]["Principal"] = json!("*");
+    });
+    assert_reports(
+        "anyone allowed",
+        &bus_policy_differences(&allow_all),
+        "Allow must name exactly",
+    );
+    let no_deny = changed(&root, |t| {
+        let id = policy(t, "Deny");
+        t["Resources"].as_object_mut().unwrap().remove(&id);
+    });
+    assert_reports(
+        "no deny",
+        &bus_policy_differences(&no_deny),
+        "found 1 and 0",
+    );
+    let wider_deny_hole = changed(&root, |t| {
+        let id = policy(t, "Deny");
+        t["Resources"][&id]["Properties"]["Statement"]["Condition"]["ArnNotEquals"]
+            ["aws:PrincipalArn"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("arn:aws:iam::123456789012:role/Admin"));
+    });
+    assert_reports(
+        "extra exempt principal",
+        &bus_policy_differences(&wider_deny_hole),
+        "Deny must cover",
+    );
+    let default_bus = changed(&root, |t| {
+        t["Parameters"]["EventBusName"]["Default"] = json!("default");
+    });
+    assert_reports(
+        "default bus by default",
+        &bus_policy_differences(&default_bus),
+        "must default to \"\"",
+    );
+    // A function granted PutEvents on some other bus.
+    let elsewhere = changed(&root, |t| {
+        let s = statement_with(t, "marketplace-webhook", "events:PutEvents");
+        s["Resource"] = json!("arn:aws:events:us-east-1:123456789012:event-bus/default");
+    });
+    assert_reports(
+        "PutEvents elsewhere",
+        &policy_differences(&elsewhere),
+        "not granted events:PutEvents on the state-change event bus",
+    );
+}
+
+// ------------------------------------------- least privilege (issue 16, item 4)
+
+/// marketplace-webhook holds no key: no statement of its role names the app
+/// secret, and it gets the app id (its only use of the secret before) from
+/// the `AppId` parameter as `GHL_APP_ID`.
+fn webhook_secret_differences(root: &Value) -> Vec<String> {
+    let t = Template::new(root);
+    let id = function_id(root, "marketplace-webhook");
+    let mut diffs = Vec::new();
+    let statements = root["Resources"][&id]["Properties"]["Policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| one_or_many(&d["Statement"]));
+    for s in statements {
+        if one_or_many(&s["Resource"])
+            .iter()
+            .any(|r| t.classify(r) == Target::Secret)
+        {
+            diffs.push(format!("{id} is granted {} on the app secret", s["Action"]));
+        }
+    }
+    let app_id = &root["Resources"][&id]["Properties"]["Environment"]["Variables"]["GHL_APP_ID"];
+    if app_id.pointer("/Fn::If/1") != Some(&json!({"Ref": "AppId"})) {
+        diffs.push(format!(
+            "{id}: GHL_APP_ID is {app_id}, not the AppId parameter"
+        ));
+    }
+    diffs
+}
+
+#[test]
+fn the_webhook_never_reads_the_app_secret() {
+    assert!(
+        shared::iam::policy("marketplace-webhook").is_some_and(|p| p.secretsmanager.is_empty()),
+        "shared::iam lists a Secrets Manager action for marketplace-webhook"
+    );
+    let root = load_template();
+    assert_none("the webhook's secret", webhook_secret_differences(&root));
+    let reads = changed(&root, |t| {
+        let id = function_id(t, "marketplace-webhook");
+        t["Resources"][&id]["Properties"]["Policies"][0]["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                "Resource": {"Fn::If": ["CreateAppSecret", {"Ref": "AppSecret"}, {"Ref": "ExistingAppSecretArn"}]}}));
+    });
+    assert_reports(
+        "webhook reading the secret",
+        &webhook_secret_differences(&reads),
+        "on the app secret",
+    );
+    assert_reports(
+        "webhook reading the secret (against shared::iam)",
+        &policy_differences(&reads),
+        "secretsmanager:GetSecretValue on the app secret",
+    );
 }

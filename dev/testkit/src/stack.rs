@@ -156,6 +156,11 @@ impl Stack {
             ("GHL_APP_SECRET_ID".into(), self.secret_id.clone()),
             ("GHL_API_BASE_URL".into(), self.sim.base_url()),
             ("GHL_REDIRECT_URI".into(), REDIRECT_URI.into()),
+            // marketplace-webhook's only source of it (it reads no secret).
+            (
+                "GHL_APP_ID".into(),
+                self.app.app_id.clone().unwrap_or_default(),
+            ),
             ("REFRESH_JITTER_SECS".into(), "0".into()),
             // moto serialises every request (dev/moto_server.py), so with the
             // whole suite running at once a call can wait seconds in its

@@ -31,10 +31,13 @@ async fn main() -> Result<(), Error> {
     shared::metrics::enable();
     let cfg = WebhookConfig::from_env(&Env::process())
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let svc = Services::load(env!("CARGO_PKG_NAME"), &cfg.common)
-        .await
+    // GHL_APP_ID only: the webhook never reads the app secret, so neither
+    // its process nor its role holds the client secret or a data key (it
+    // erases tokens without opening them).
+    let app_id = shared::webhook::app_id(&cfg, None)
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let app_id = shared::webhook::app_id(&cfg, svc.app.app_id.as_deref())
+    let svc = Services::load_without_secret(env!("CARGO_PKG_NAME"), &cfg.common, app_id.clone())
+        .await
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let app = Arc::new(App { cfg, svc, app_id });
     lambda_http::run(service_fn(move |req: Request| {
