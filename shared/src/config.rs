@@ -741,22 +741,15 @@ mod tests {
             "{err}"
         );
         // No app id anywhere: the webhook refuses to start, naming it.
-        let err = crate::webhook::app_id(&c, None).unwrap_err().to_string();
+        let err = crate::webhook::app_id(&c).unwrap_err().to_string();
         assert!(
             err.contains("GHL_APP_ID") && err.contains("reads no app secret"),
             "{err}"
         );
-        assert_eq!(
-            crate::webhook::app_id(&c, Some("from-secret")).unwrap(),
-            "from-secret"
-        );
         let mut vars = base();
         vars.insert("GHL_APP_ID".into(), "from-env".into());
         let c = webhook(&vars).unwrap();
-        assert_eq!(
-            crate::webhook::app_id(&c, Some("from-secret")).unwrap(),
-            "from-env"
-        );
+        assert_eq!(crate::webhook::app_id(&c).unwrap(), "from-env");
     }
 
     #[test]

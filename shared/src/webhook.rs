@@ -286,18 +286,13 @@ pub fn parse(body: &[u8]) -> Result<Event, WebhookError> {
     })
 }
 
-/// The marketplace app whose events this webhook applies: `GHL_APP_ID`, or
-/// `app_id` in the app secret. Checked at cold start: HighLevel signs every
-/// app's webhooks with the same key, so without it another app's UNINSTALL
-/// sent to this URL would erase that agency's grants here.
-pub fn app_id(
-    cfg: &WebhookConfig,
-    secret_app_id: Option<&str>,
-) -> Result<String, crate::config::ConfigError> {
+/// The marketplace app whose events this webhook applies: `GHL_APP_ID`.
+/// Checked at cold start: HighLevel signs every app's webhooks with the same
+/// key, so without it another app's UNINSTALL sent to this URL would erase
+/// that agency's grants here.
+pub fn app_id(cfg: &WebhookConfig) -> Result<String, crate::config::ConfigError> {
     cfg.app_id
-        .as_deref()
-        .or(secret_app_id)
-        .map(str::to_owned)
+        .clone()
         .ok_or(crate::config::ConfigError::Missing {
             var: "GHL_APP_ID",
             expected: "the marketplace app id whose webhooks this function applies (marketplace-webhook reads no app secret)",

@@ -34,7 +34,7 @@ async fn main() -> Result<(), Error> {
     // GHL_APP_ID only: the webhook never reads the app secret, so neither
     // its process nor its role holds the client secret or a data key (it
     // erases tokens without opening them).
-    let app_id = shared::webhook::app_id(&cfg, None)
+    let app_id = shared::webhook::app_id(&cfg)
         .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let svc = Services::load_without_secret(env!("CARGO_PKG_NAME"), &cfg.common, app_id.clone())
         .await
