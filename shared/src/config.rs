@@ -359,6 +359,10 @@ pub struct CallbackConfig {
     pub redirect_uri: String,
     /// Parsed at cold start, so building the redirect never fails later.
     pub success_redirect_url: Option<url::Url>,
+    /// How long a signed hand-off to `SUCCESS_REDIRECT_URL` is valid
+    /// (`SUCCESS_REDIRECT_TTL_SECS`): long enough for the browser to follow
+    /// the 302, short enough that a leaked URL soon stops vouching.
+    pub handoff_ttl: Duration,
     /// The app's name as the installing customer knows it (`APP_NAME`).
     pub app_name: String,
     /// Where the pages' "Back to HighLevel" link goes (`GHL_APP_URL`).
@@ -395,6 +399,13 @@ impl CallbackConfig {
                 })
             })
             .transpose()?;
+        let handoff_ttl = Duration::from_secs(env.number(
+            "SUCCESS_REDIRECT_TTL_SECS",
+            300u64,
+            30,
+            3_600,
+            "seconds, 30 to 3600",
+        )?);
         let app_name = app_name(env)?;
         let ghl_app_url = ghl_app_url(env)?;
         Ok(Self {
@@ -402,6 +413,7 @@ impl CallbackConfig {
             user_type,
             redirect_uri,
             success_redirect_url,
+            handoff_ttl,
             app_name,
             ghl_app_url,
         })
@@ -759,6 +771,7 @@ mod tests {
         assert_eq!(c.user_type, UserType::Company);
         assert_eq!(c.common.due.shards, 8);
         assert!(c.success_redirect_url.is_none());
+        assert_eq!(c.handoff_ttl, Duration::from_secs(300));
     }
 
     #[test]
@@ -793,6 +806,7 @@ mod tests {
             ("DUE_SHARDS", "0"),
             ("INSTALLS_TABLE", "a b"),
             ("SUCCESS_REDIRECT_URL", "/relative"),
+            ("SUCCESS_REDIRECT_TTL_SECS", "5"),
         ] {
             let mut vars = base();
             vars.insert(var.into(), value.into());

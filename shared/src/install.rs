@@ -8,6 +8,7 @@
 use crate::config::CallbackConfig;
 use crate::events::StateChanged;
 use crate::ghl::GhlError;
+use crate::handoff::{Handoff, HandoffError, HandoffKeys};
 use crate::model::{InstallId, InstallState, TokenPair, UserType, now_millis, now_secs};
 use crate::redact::SecretString;
 use crate::services::Services;
@@ -101,29 +102,34 @@ pub struct Installed {
     pub approved_locations: usize,
     /// Whether the agency asked for future sub-accounts too.
     pub install_to_future_locations: Option<bool>,
+    /// Epoch seconds of this install (the latest, for a reinstall).
+    pub installed_at: i64,
 }
 
 impl Installed {
-    /// `url` with the install's ids added to its query (`userType`,
-    /// `companyId`, `locationId`), before any `#fragment`: where
+    /// `url` with the install's ids and their signature added to its query
+    /// (`userType`, `companyId`, `locationId`, `installedAt`, `exp`, `kid`,
+    /// `sig`; see [`crate::handoff`]), before any `#fragment`: where
     /// `SUCCESS_REDIRECT_URL` sends the browser. Ids only, never a token.
     /// The parameters are form-encoded (a space is `+`), as a browser
-    /// submitting a GET form would send them.
-    pub fn success_redirect(&self, url: &url::Url) -> String {
+    /// submitting a GET form would send them. Valid until `now_secs + ttl`.
+    pub fn success_redirect(
+        &self,
+        url: &url::Url,
+        keys: &HandoffKeys,
+        ttl: Duration,
+        now_secs: i64,
+    ) -> Result<String, HandoffError> {
+        let params = keys.sign(&Handoff {
+            user_type: self.user_type.as_str().to_owned(),
+            company_id: self.company_id.clone(),
+            location_id: self.location_id.clone(),
+            installed_at: self.installed_at,
+            exp: now_secs.saturating_add(ttl.as_secs() as i64),
+        })?;
         let mut target = url.clone();
-        {
-            let mut query = target.query_pairs_mut();
-            query.append_pair("userType", self.user_type.as_str());
-            for (k, v) in [
-                ("companyId", &self.company_id),
-                ("locationId", &self.location_id),
-            ] {
-                if let Some(v) = v {
-                    query.append_pair(k, v);
-                }
-            }
-        }
-        target.into()
+        target.query_pairs_mut().extend_pairs(params);
+        Ok(target.into())
     }
 
     fn from_install(install: &Install, fresh: bool) -> Self {
@@ -136,6 +142,7 @@ impl Installed {
             fresh,
             approved_locations: install.info.approved_locations.as_ref().map_or(0, Vec::len),
             install_to_future_locations: install.info.install_to_future_locations,
+            installed_at: install.last_installed_at,
         }
     }
 }
@@ -291,7 +298,19 @@ async fn exchange_and_save(
     };
     let mut info = grant.info();
     info.user_type = Some(user_type);
-    let before = svc.store.get(&id).await.ok().flatten().map(|i| i.state);
+    // Only the earlier state is wanted: its tokens may be sealed under a
+    // data key older than the one this function holds (the callback keeps
+    // only the current one), so they are not opened. A failed read must not
+    // pass for "never installed" (the event would say `installed` for a
+    // reinstall), but it must not lose the fresh tokens either: logged, and
+    // the grant is stored all the same.
+    let before = match svc.store.get_without_tokens(&id).await {
+        Ok(found) => found.map(|i| i.state),
+        Err(e) => {
+            tracing::warn!(install_id = %id, error = %e, "earlier install not read; the event may say installed for a reinstall");
+            None
+        }
+    };
     let install = svc.store.save_grant(&id, &pair, &info, "installed").await?;
     let reason = if before.is_some() {
         "reinstalled"
@@ -351,9 +370,11 @@ async fn replay(
     loop {
         match record {
             CodeRecord::Done { install } => {
+                // Ids and times only: the tokens may since have been
+                // re-sealed under a key this function does not hold.
                 let stored = svc
                     .store
-                    .get(&install)
+                    .get_without_tokens(&install)
                     .await?
                     .ok_or(InstallError::CodeAbandoned)?;
                 return Ok(Some(Installed::from_install(&stored, false)));
@@ -389,23 +410,62 @@ mod tests {
             fresh: true,
             approved_locations: 0,
             install_to_future_locations: None,
+            installed_at: 1_700_000_000,
         }
     }
 
+    fn keys() -> HandoffKeys {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        HandoffKeys::from_base64("h1", &[("h1".to_string(), SecretString::new(key))].into())
+            .unwrap()
+    }
+
+    const NOW: i64 = 1_700_000_100;
+
     fn redirect(i: &Installed, url: &str) -> String {
-        i.success_redirect(&url::Url::parse(url).unwrap())
+        i.success_redirect(
+            &url::Url::parse(url).unwrap(),
+            &keys(),
+            Duration::from_secs(300),
+            NOW,
+        )
+        .unwrap()
+    }
+
+    /// The redirect's query, without the signature (which varies by key).
+    fn unsigned(target: &str) -> String {
+        let (head, rest) = target.split_once("&sig=").unwrap();
+        let frag = rest.find('#').map(|at| &rest[at..]).unwrap_or("");
+        format!("{head}{frag}")
     }
 
     #[test]
-    fn success_redirect_appends_encoded_ids() {
+    fn success_redirect_appends_encoded_ids_and_a_verifiable_signature() {
         let i = installed();
+        let target = redirect(&i, "https://x.example/done");
         assert_eq!(
-            redirect(&i, "https://x.example/done"),
-            "https://x.example/done?userType=Location&companyId=c%261&locationId=l+1"
+            unsigned(&target),
+            "https://x.example/done?userType=Location&companyId=c%261&locationId=l+1&installedAt=1700000000&exp=1700000400&kid=h1"
         );
+        let pairs: Vec<(String, String)> = url::Url::parse(&target)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        let h = keys().verify(&pairs, NOW).unwrap();
         assert_eq!(
-            redirect(&i, "https://x.example/done?a=b"),
-            "https://x.example/done?a=b&userType=Location&companyId=c%261&locationId=l+1"
+            (
+                h.company_id.as_deref(),
+                h.location_id.as_deref(),
+                h.installed_at
+            ),
+            (Some("c&1"), Some("l 1"), 1_700_000_000)
+        );
+        assert_eq!(keys().verify(&pairs, NOW + 301), Err(HandoffError::Expired));
+        assert_eq!(
+            unsigned(&redirect(&i, "https://x.example/done?a=b")),
+            "https://x.example/done?a=b&userType=Location&companyId=c%261&locationId=l+1&installedAt=1700000000&exp=1700000400&kid=h1"
         );
         let company = Installed {
             user_type: UserType::Company,
@@ -413,33 +473,34 @@ mod tests {
             ..installed()
         };
         assert_eq!(
-            redirect(&company, "https://x.example/"),
-            "https://x.example/?userType=Company&companyId=c%261"
+            unsigned(&redirect(&company, "https://x.example/")),
+            "https://x.example/?userType=Company&companyId=c%261&installedAt=1700000000&exp=1700000400&kid=h1"
         );
     }
 
     #[test]
     fn success_redirect_puts_the_ids_before_the_fragment() {
         let i = installed();
+        let target = redirect(&i, "https://x.example/app#/welcome");
+        assert!(target.ends_with("#/welcome"), "{target}");
         assert_eq!(
-            redirect(&i, "https://x.example/app#/welcome"),
-            "https://x.example/app?userType=Location&companyId=c%261&locationId=l+1#/welcome"
+            unsigned(&target),
+            "https://x.example/app?userType=Location&companyId=c%261&locationId=l+1&installedAt=1700000000&exp=1700000400&kid=h1#/welcome"
         );
-        assert_eq!(
-            redirect(&i, "https://x.example/app?tab=1#/welcome?x=y"),
-            "https://x.example/app?tab=1&userType=Location&companyId=c%261&locationId=l+1#/welcome?x=y"
-        );
+        let target = redirect(&i, "https://x.example/app?tab=1#/welcome?x=y");
+        assert!(target.ends_with("#/welcome?x=y"), "{target}");
         let parsed = url::Url::parse(&redirect(&i, "https://x.example/app?#top")).unwrap();
         assert_eq!(parsed.fragment(), Some("top"));
         let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
         assert_eq!(
-            pairs,
+            pairs[..3],
             [
                 ("userType".to_owned(), "Location".to_owned()),
                 ("companyId".to_owned(), "c&1".to_owned()),
                 ("locationId".to_owned(), "l 1".to_owned()),
             ]
         );
+        assert!(keys().verify(&pairs, NOW).is_ok());
     }
 
     fn req(method: &str, code: Option<&str>) -> CallbackRequest {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod events;
 pub mod ghl;
+pub mod handoff;
 pub mod html;
 pub mod iam;
 pub mod install;

@@ -1,6 +1,6 @@
 //! Clients built once per execution environment, at cold start.
 
-use crate::app_secret::{AppSecret, SecretError};
+use crate::app_secret::{AppSecret, DataKeys, SecretError};
 use crate::config::CommonConfig;
 use crate::ghl::{GhlClient, GhlError};
 use crate::store::Store;
@@ -32,8 +32,17 @@ impl Services {
     /// `function` is the binary name: the store is limited to what its IAM
     /// policy in `shared::iam` grants.
     pub async fn load(function: &'static str, common: &CommonConfig) -> Result<Self, InitError> {
+        Self::load_with(function, common, DataKeys::All).await
+    }
+
+    /// The same, keeping only the data keys `scope` names.
+    pub async fn load_with(
+        function: &'static str,
+        common: &CommonConfig,
+        scope: DataKeys,
+    ) -> Result<Self, InitError> {
         let policy = crate::iam::policy(function).ok_or(InitError::UnknownFunction(function))?;
-        let mut svc = Self::load_admin(common).await?;
+        let mut svc = Self::load_scoped(common, scope).await?;
         svc.store = svc.store.restricted_to(policy);
         Ok(svc)
     }
@@ -74,6 +83,7 @@ impl Services {
             app_id: Some(app_id),
             keyring,
             mint_callers: None,
+            handoff: None,
         };
         Ok(Self {
             store,
@@ -86,6 +96,10 @@ impl Services {
     /// The same, unrestricted: for the operator's admin tool, which runs
     /// with the operator's own credentials.
     pub async fn load_admin(common: &CommonConfig) -> Result<Self, InitError> {
+        Self::load_scoped(common, DataKeys::All).await
+    }
+
+    async fn load_scoped(common: &CommonConfig, scope: DataKeys) -> Result<Self, InitError> {
         // The HighLevel client loads the system's trust roots when built: a
         // few milliseconds of CPU, spent on another thread while the secret
         // is on its way rather than after it.
@@ -93,7 +107,7 @@ impl Services {
         let ghl = tokio::task::spawn_blocking(move || GhlClient::new(&ghl_cfg));
         let sdk = crate::aws::sdk_config_with(&common.aws).await;
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-        let app = AppSecret::load(&secrets, &common.app_secret_id).await?;
+        let app = AppSecret::load(&secrets, &common.app_secret_id, scope).await?;
         let ghl = ghl.await.map_err(|e| {
             GhlError::Unreachable(format!("HTTP client set-up did not finish: {e}"))
         })??;

@@ -928,6 +928,7 @@ mod tests {
     }
 }
 
+pub mod bus;
 pub mod invoke_api;
 pub mod stack;
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use shared::app_secret::AppSecret;
 use shared::config::{DuePolicy, GhlConfig};
 use shared::ghl::GhlClient;
-use shared::model::{GrantInfo, InstallId, TokenPair};
+use shared::model::{GrantInfo, InstallId, InstallState, TokenPair};
 use shared::redact::SecretString;
 use shared::services::Services;
 use shared::store::{Install, Store};
@@ -55,6 +55,9 @@ pub struct Stack {
     pub app: AppSecret,
     pub svc: Services,
     pub shards: u32,
+    /// The hand-off key `h1` (base64), as the owner's site would hold it to
+    /// verify a `SUCCESS_REDIRECT_URL` hand-off.
+    pub handoff_key: String,
 }
 
 impl Stack {
@@ -98,12 +101,17 @@ impl Stack {
         let secret_id = unique("ghl-app");
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
+        let mut handoff = [0u8; 32];
+        rand::rng().fill_bytes(&mut handoff);
+        let handoff_key = base64::engine::general_purpose::STANDARD.encode(handoff);
         let secret_json = json!({
             "client_id": sim_cfg.client_id,
             "client_secret": sim_cfg.client_secret,
             "app_id": sim_cfg.app_id,
             "data_keys": {"k1": base64::engine::general_purpose::STANDARD.encode(key)},
             "current_data_key": "k1",
+            "handoff_keys": {"h1": handoff_key},
+            "current_handoff_key": "h1",
         })
         .to_string();
         aws_sdk_secretsmanager::Client::new(&sdk)
@@ -141,6 +149,7 @@ impl Stack {
             app,
             svc,
             shards,
+            handoff_key,
         }
     }
 
@@ -354,6 +363,23 @@ impl Stack {
             .unwrap_or_else(|e| panic!("backdating {id}: {e:?}"));
     }
 
+    /// Sets an install's state field alone, as a past sweep would have left
+    /// it (tokens untouched): for flows that start from a broken install.
+    pub async fn set_state(&self, id: &InstallId, state: InstallState) {
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(id.key()))
+            .key("sk", AttributeValue::S(shared::store::GRANT_SK.into()))
+            .update_expression("SET #s = :s")
+            .expression_attribute_names("#s", shared::store::attr::STATE)
+            .expression_attribute_values(":s", AttributeValue::S(state.as_str().into()))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("setting the state of {id}: {e:?}"));
+    }
+
     /// Moves a location's link (both sides) back to `at_ms`.
     pub async fn backdate_link(&self, company_id: &str, location_id: &str, at_ms: i64) {
         use shared::store::attr;
@@ -451,6 +477,7 @@ impl Stack {
             .map(|t| t.refresh_token.clone())
             .collect();
         out.push(self.app.client_secret.expose().to_owned());
+        out.push(self.handoff_key.clone());
         for item in self.items().await {
             let pk = item
                 .get("pk")

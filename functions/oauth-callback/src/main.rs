@@ -4,7 +4,9 @@
 
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Error, Request, RequestExt, Response, service_fn};
+use shared::app_secret::DataKeys;
 use shared::config::{CallbackConfig, DEFAULT_APP_NAME, Env};
+use shared::handoff::HandoffKeys;
 use shared::html::{Link, page};
 use shared::install::{CallbackOutcome, CallbackRequest, InstallError, Installed};
 use shared::model::UserType;
@@ -15,6 +17,8 @@ use std::sync::Arc;
 struct App {
     cfg: CallbackConfig,
     svc: Services,
+    /// Signs the `SUCCESS_REDIRECT_URL` hand-off; Some whenever it is set.
+    handoff: Option<HandoffKeys>,
 }
 
 // One thread: the work is waiting on HighLevel and DynamoDB, and a
@@ -32,14 +36,30 @@ async fn main() -> Result<(), Error> {
             return Err(e.into());
         }
     };
-    let svc = match Services::load(env!("CARGO_PKG_NAME"), &cfg.common).await {
+    // The callback only seals the tokens of a fresh grant, under the
+    // current data key, and reads an earlier install without opening its
+    // tokens: an old data key would only widen what a compromise of this
+    // public function exposes.
+    let svc = match Services::load_with(env!("CARGO_PKG_NAME"), &cfg.common, DataKeys::CurrentOnly)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cold start failed");
             return Err(e.into());
         }
     };
-    let app = Arc::new(App { cfg, svc });
+    let handoff = match svc
+        .app
+        .handoff_for_redirect(cfg.success_redirect_url.is_some())
+    {
+        Ok(k) => k.cloned(),
+        Err(e) => {
+            tracing::error!(error = %e, "cold start failed");
+            return Err(e.into());
+        }
+    };
+    let app = Arc::new(App { cfg, svc, handoff });
     lambda_http::run(service_fn(move |req: Request| {
         let app = app.clone();
         async move { Ok::<_, Error>(handle(&app, req).await) }
@@ -67,7 +87,7 @@ async fn handle(app: &App, req: Request) -> Response<Body> {
             shared::metrics::count("InstallErrors", 1);
         }
     }
-    respond(&app.cfg, result)
+    respond(&app.cfg, app.handoff.as_ref(), result)
 }
 
 /// The single mapping from install outcomes to HTTP.
@@ -225,12 +245,27 @@ fn bulk(i: &Installed) -> String {
     }
 }
 
-fn respond(cfg: &CallbackConfig, result: Result<CallbackOutcome, InstallError>) -> Response<Body> {
+/// `handoff` signs the redirect; the cold start made sure it is there
+/// whenever `SUCCESS_REDIRECT_URL` is set, and no unsigned redirect is sent.
+fn respond(
+    cfg: &CallbackConfig,
+    handoff: Option<&HandoffKeys>,
+    result: Result<CallbackOutcome, InstallError>,
+) -> Response<Body> {
     match result {
         Ok(CallbackOutcome::Probe) => html(StatusCode::OK, String::new()),
         Ok(CallbackOutcome::Installed(i)) => {
-            if let Some(url) = &cfg.success_redirect_url {
-                let target = i.success_redirect(url);
+            let signed = match (&cfg.success_redirect_url, handoff) {
+                (Some(url), Some(keys)) => i
+                    .success_redirect(url, keys, cfg.handoff_ttl, shared::model::now_secs())
+                    .map_err(|e| {
+                        // The install is stored; the page says so instead.
+                        tracing::warn!(install_id = %i.id, error = %e, "hand-off not signed; showing the page");
+                    })
+                    .ok(),
+                _ => None,
+            };
+            if let Some(target) = signed {
                 return Response::builder()
                     .status(StatusCode::FOUND)
                     .header("location", target)
@@ -349,6 +384,7 @@ mod tests {
             fresh: true,
             approved_locations: 3,
             install_to_future_locations: None,
+            installed_at: 1_700_000_000,
         }
     }
 
@@ -391,7 +427,7 @@ mod tests {
         let cfg = config(&[("APP_NAME", "Acme Sync")]);
         for err in errors() {
             let logged = err.to_string();
-            let page = body(respond(&cfg, Err(err)));
+            let page = body(respond(&cfg, None, Err(err)));
             let text = page.split("<body>").nth(1).unwrap();
             for name in INTERNAL_NAMES {
                 assert!(
@@ -404,6 +440,7 @@ mod tests {
         }
         let page = body(respond(
             &cfg,
+            None,
             Err(InstallError::HighLevelUnavailable("response_lost".into())),
         ));
         assert!(
@@ -421,7 +458,7 @@ mod tests {
     #[test]
     fn success_page_names_the_app_links_back_and_cannot_be_framed() {
         let cfg = config(&[("APP_NAME", "Acme <Sync>")]);
-        let resp = respond(&cfg, Ok(CallbackOutcome::Installed(installed())));
+        let resp = respond(&cfg, None, Ok(CallbackOutcome::Installed(installed())));
         assert_eq!(resp.status(), StatusCode::OK);
         let csp = resp.headers()["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
@@ -450,29 +487,64 @@ mod tests {
     #[test]
     fn default_name_reads_as_a_sentence_and_the_link_follows_ghl_app_url() {
         let cfg = config(&[("GHL_APP_URL", "https://crm.example.com/")]);
-        let page = body(respond(&cfg, Ok(CallbackOutcome::Installed(installed()))));
+        let page = body(respond(
+            &cfg,
+            None,
+            Ok(CallbackOutcome::Installed(installed())),
+        ));
         assert!(page.contains("<title>App installed</title>"), "{page}");
         assert!(
             page.contains("This app is now installed for the agency"),
             "{page}"
         );
         assert!(page.contains("href=\"https://crm.example.com/\""), "{page}");
-        let err = body(respond(&cfg, Err(InstallError::MissingCode)));
+        let err = body(respond(&cfg, None, Err(InstallError::MissingCode)));
         assert!(err.contains("href=\"https://crm.example.com/\""), "{err}");
         assert!(err.contains("<title>Installation failed</title>"), "{err}");
     }
 
     #[test]
-    fn success_redirect_keeps_the_fragment_last() {
+    fn success_redirect_is_signed_and_keeps_the_fragment_last() {
         let cfg = config(&[(
             "SUCCESS_REDIRECT_URL",
             "https://app.example.com/welcome#/done",
         )]);
-        let resp = respond(&cfg, Ok(CallbackOutcome::Installed(installed())));
-        assert_eq!(resp.status(), StatusCode::FOUND);
-        assert_eq!(
-            resp.headers()["location"],
-            "https://app.example.com/welcome?userType=Company&companyId=co-1#/done"
+        let key = "BQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQU=";
+        let keys =
+            HandoffKeys::from_base64("h1", &[("h1".to_string(), SecretString::new(key))].into())
+                .unwrap();
+        let resp = respond(
+            &cfg,
+            Some(&keys),
+            Ok(CallbackOutcome::Installed(installed())),
         );
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        let location = resp.headers()["location"].to_str().unwrap();
+        assert!(
+            location.starts_with("https://app.example.com/welcome?userType=Company&companyId=co-1&installedAt=1700000000&exp=")
+                && location.contains("&kid=h1&sig=")
+                && location.ends_with("#/done"),
+            "{location}"
+        );
+        // Every value here is plain (ids, digits, hex): no decoding needed.
+        let query = location
+            .split_once('?')
+            .unwrap()
+            .1
+            .split('#')
+            .next()
+            .unwrap();
+        let pairs: Vec<(String, String)> = query
+            .split('&')
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        assert!(keys.verify(&pairs, shared::model::now_secs()).is_ok());
+        // Without keys (never the case once started) nothing unsigned leaves.
+        let resp = respond(&cfg, None, Ok(CallbackOutcome::Installed(installed())));
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get("location").is_none());
     }
 }

@@ -364,23 +364,173 @@ async fn reinstall_replaces_tokens_and_keeps_identity() {
     stack.assert_logs_clean(&f.logs(), &[&first, &second]).await;
 }
 
+/// The README's verification snippet for `lang` (the fenced block after
+/// its `<!-- handoff-{lang} -->` marker): the test runs what the owner copies.
+fn readme_snippet(lang: &str) -> String {
+    let readme = include_str!("../../../README.md");
+    let marker = format!("<!-- handoff-{lang} -->");
+    let after = &readme[readme.find(&marker).expect("README has the snippet") + marker.len()..];
+    let body = &after[after.find('\n').unwrap() + 1..];
+    let body = &body[body.find('\n').unwrap() + 1..]; // past the ``` line
+    body[..body.find("\n```").expect("closed block")].to_owned()
+}
+
+/// Runs the README's Node or Python verifier on `url` outside Rust; Some
+/// with what it printed when it accepts, None when it refuses. Fails loudly
+/// when the interpreter is missing: a skipped check would prove nothing.
+fn verify_outside(lang: &str, url: &str, kid: &str, key: &str, now: i64) -> Option<Value> {
+    let (program, driver) = match lang {
+        "node" => (
+            "node",
+            "const [url, kid, key, now] = process.argv.slice(2);\n\
+             const r = verifyHandoff(url, {[kid]: key}, Number(now));\n\
+             console.log(JSON.stringify(r));\n",
+        ),
+        "python" => (
+            "python3",
+            "import json, sys\n\
+             url, kid, key, now = sys.argv[1:5]\n\
+             print(json.dumps(verify_handoff(url, {kid: key}, int(now))))\n",
+        ),
+        _ => unreachable!(),
+    };
+    let dir = std::env::temp_dir().join(format!("handoff-{}-{lang}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(if lang == "node" {
+        "verify.js"
+    } else {
+        "verify.py"
+    });
+    std::fs::write(&file, format!("{}\n{driver}", readme_snippet(lang))).unwrap();
+    let out = std::process::Command::new(program)
+        .arg(&file)
+        .args([url, kid, key, &now.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed to verify the hand-off: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{program} failed: {stderr}");
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("the verifier prints JSON");
+    (!printed.is_null()).then_some(printed)
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn success_redirect_carries_ids_and_no_secrets() {
+async fn success_redirect_is_signed_and_verified_by_node_and_python() {
     let stack = Stack::new().await;
-    let _f = start(
+    let f = start(
+        &stack,
+        &[
+            (
+                "SUCCESS_REDIRECT_URL",
+                "https://app.example.com/welcome#/done",
+            ),
+            ("SUCCESS_REDIRECT_TTL_SECS", "120"),
+            ("GHL_USER_TYPE", "Location"),
+        ],
+    )
+    .await;
+    let code = stack.consent_code(&location("co-8", "loc-8")).await;
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 302, "{}", a.body);
+    let target = a.headers["location"].as_str().unwrap().to_owned();
+    assert!(!target.contains(&code));
+    assert!(
+        target.starts_with(
+            "https://app.example.com/welcome?userType=Location&companyId=co-8&locationId=loc-8&installedAt="
+        ) && target.contains("&kid=h1&sig=")
+            && target.ends_with("#/done"),
+        "{target}"
+    );
+    let now = shared::model::now_secs();
+    let stored = stack
+        .store()
+        .get_without_tokens(&InstallId::Location("loc-8".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let key = stack.handoff_key.clone();
+    for lang in ["node", "python"] {
+        let ok = verify_outside(lang, &target, "h1", &key, now)
+            .unwrap_or_else(|| panic!("{lang} refused a genuine hand-off"));
+        assert_eq!(ok["companyId"], "co-8", "{lang}");
+        assert_eq!(ok["locationId"], "loc-8", "{lang}");
+        assert_eq!(
+            ok["installedAt"],
+            stored.last_installed_at.to_string(),
+            "{lang}"
+        );
+        let exp: i64 = ok["exp"].as_str().unwrap().parse().unwrap();
+        assert!((now + 100..=now + 121).contains(&exp), "{lang}: exp {exp}");
+        // Another customer's id typed in, an id dropped, a later expiry, a
+        // key id relabelled, a flipped signature digit: all refused.
+        let sig_at = target.find("&sig=").unwrap() + 5;
+        let flipped = {
+            let mut s = target.clone();
+            let c = if &s[sig_at..sig_at + 1] == "0" {
+                "1"
+            } else {
+                "0"
+            };
+            s.replace_range(sig_at..sig_at + 1, c);
+            s
+        };
+        let tampered = [
+            target.replace("companyId=co-8", "companyId=co-9"),
+            target.replace("&locationId=loc-8", ""),
+            target.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600)),
+            flipped,
+        ];
+        for t in &tampered {
+            assert_ne!(t, &target);
+            assert!(
+                verify_outside(lang, t, "h1", &key, now).is_none(),
+                "{lang} accepted {t}"
+            );
+        }
+        assert!(
+            verify_outside(lang, &target, "h2", &key, now).is_none(),
+            "{lang}: unknown kid"
+        );
+        assert!(
+            verify_outside(lang, &target, "h1", &key, exp + 1).is_none(),
+            "{lang} accepted an expired hand-off"
+        );
+    }
+    stack.assert_logs_clean(&f.logs(), &[&code]).await;
+}
+
+/// An unsigned hand-off is what the signature fixes: with
+/// `SUCCESS_REDIRECT_URL` set and no hand-off key in the app secret, the
+/// callback refuses to start, naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn success_redirect_without_a_handoff_key_fails_the_cold_start() {
+    let stack = Stack::new().await;
+    stack.set_secret_field("handoff_keys", Value::Null).await;
+    stack
+        .set_secret_field("current_handoff_key", Value::Null)
+        .await;
+    let f = start(
         &stack,
         &[("SUCCESS_REDIRECT_URL", "https://app.example.com/welcome")],
     )
     .await;
-    let code = stack.consent_code(&company("co-8")).await;
-    let a = get(&stack, &[("code", &code)]).await;
-    assert_eq!(a.status, 302);
-    let location = a.headers["location"].as_str().unwrap();
-    assert_eq!(
-        location,
-        "https://app.example.com/welcome?userType=Company&companyId=co-8"
+    let code = stack.consent_code(&company("co-unsigned")).await;
+    let _ = stack
+        .api
+        .invoke_with(
+            function_url_event("GET", &[("code", &code)]),
+            InvokeOptions {
+                wait: Duration::from_secs(5),
+                ..InvokeOptions::with_deadline(Duration::from_secs(5))
+            },
+        )
+        .await;
+    let logs = f.logs().join("\n");
+    assert!(
+        logs.contains("handoff_keys") && logs.contains("SUCCESS_REDIRECT_URL"),
+        "{logs}"
     );
-    assert!(!location.contains(&code));
+    assert_eq!(stack.sim.counters().code_exchanges, 0, "nothing exchanged");
+    stack.assert_logs_clean(&f.logs(), &[&code]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -434,4 +584,56 @@ async fn trace_logs_carry_no_code_and_garbage_costs_one_call_per_code_at_most() 
     let mut secrets: Vec<&str> = vec![&code];
     secrets.extend(garbage.iter().map(String::as_str));
     stack.assert_logs_clean(&logs, &secrets).await;
+}
+
+/// The callback keeps only the current data key. A reinstall of an install
+/// whose tokens are still sealed under an older key reads the earlier
+/// install without opening them, so its event says where it came from
+/// (`revoked` -> `active`, `reinstalled`), and a repeated request for the
+/// same code replays the outcome the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn reinstall_over_tokens_sealed_under_an_old_key_needs_no_old_key() {
+    let mut stack = Stack::new().await;
+    let (bus, queue) =
+        testkit::bus::bus_to_queue(&stack.table.replace("installs-", "cbrot-")).await;
+    let id = InstallId::Company("co-rot".into());
+    // Installed under k1 (as the callback did before the rotation), then
+    // revoked, so that the reinstall is a change of state.
+    stack.seed_install(&id, "co-rot", 86_400).await;
+    stack.set_state(&id, InstallState::Revoked).await;
+    stack.rotate_data_key("k2").await;
+    assert!(
+        stack.install(&id).await.stale_key,
+        "the first tokens are under k1"
+    );
+    // Spawned after the rotation: it holds k2 alone.
+    let f = start(&stack, &[("EVENT_BUS_NAME", bus.as_str())]).await;
+    let code = stack.consent_code(&company("co-rot")).await;
+    let a = get(&stack, &[("code", &code)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("App reinstalled"), "{}", a.body);
+    let again = get(&stack, &[("code", &code)]).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let events = testkit::bus::drain(&queue).await;
+    let details: Vec<&Value> = events.iter().map(|e| &e["detail"]).collect();
+    assert_eq!(details.len(), 1, "{events:#?}");
+    assert_eq!(
+        (
+            &details[0]["installId"],
+            &details[0]["from"],
+            &details[0]["to"],
+            &details[0]["reason"]
+        ),
+        (
+            &"company#co-rot".into(),
+            &"revoked".into(),
+            &"active".into(),
+            &"reinstalled".into()
+        ),
+        "{events:#?}"
+    );
+    let new = stack.install(&id).await;
+    assert!(!new.stale_key, "the new tokens are under k2");
+    assert_eq!(new.state, InstallState::Active);
+    stack.assert_logs_clean(&f.logs(), &[&code]).await;
 }

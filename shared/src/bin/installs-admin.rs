@@ -110,6 +110,8 @@ async fn operate(command: Command, json: bool) -> Result<ExitCode, AdminError> {
         let app = shared::app_secret::AppSecret::load(
             &aws_sdk_secretsmanager::Client::new(&sdk),
             &secret_id,
+            // A link needs the client id alone: no old data key is decoded.
+            shared::app_secret::DataKeys::CurrentOnly,
         )
         .await
         .map_err(|e| AdminError::Failed(e.to_string()))?;
@@ -203,12 +205,18 @@ async fn bootstrap() -> Result<ExitCode, AdminError> {
     let app_id = std::env::var("GHL_APP_ID").ok().filter(|s| !s.is_empty());
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
+    // A separate key signs the SUCCESS_REDIRECT_URL hand-off: the owner's
+    // site holds it to verify, and must never hold a data key.
+    let mut handoff_key = [0u8; 32];
+    rand::rng().fill_bytes(&mut handoff_key);
     let value = serde_json::json!({
         "client_id": client_id,
         "client_secret": client_secret,
         "app_id": app_id,
         "data_keys": {"k1": base64::engine::general_purpose::STANDARD.encode(key)},
         "current_data_key": "k1",
+        "handoff_keys": {"h1": base64::engine::general_purpose::STANDARD.encode(handoff_key)},
+        "current_handoff_key": "h1",
     });
     sm.create_secret()
         .name(&secret_id)
@@ -221,7 +229,7 @@ async fn bootstrap() -> Result<ExitCode, AdminError> {
                 shared::aws::error_text(&e)
             ))
         })?;
-    say!("secret {secret_id}: created with a fresh data key k1");
+    say!("secret {secret_id}: created with a fresh data key k1 and hand-off key h1");
     Ok(ExitCode::SUCCESS)
 }
 
