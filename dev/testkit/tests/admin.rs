@@ -1081,3 +1081,48 @@ async fn link_for_an_install_asks_for_its_stored_scopes() {
     let r = admin(&stack, &["link", "company#nobody"], &[]).await;
     expect(&r, 1, "link for an unknown install");
 }
+
+/// `bootstrap` creates an app secret the callback can start with when
+/// `SUCCESS_REDIRECT_URL` is set: a data key and a separate hand-off key.
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_creates_a_data_key_and_a_handoff_key() {
+    let stack = Stack::new().await;
+    let table = stack.table.replace("installs-", "boot-");
+    let secret_id = stack.secret_id.replace("ghl-app-", "boot-app-");
+    let run = admin(
+        &stack,
+        &["bootstrap"],
+        &[
+            ("INSTALLS_TABLE", table.as_str()),
+            ("GHL_APP_SECRET_ID", secret_id.as_str()),
+            ("GHL_CLIENT_ID", "boot-client"),
+            ("GHL_CLIENT_SECRET", "boot-client-secret-value"),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let sm = aws_sdk_secretsmanager::Client::new(&shared::aws::sdk_config().await);
+    let text = sm
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .expect("secret created")
+        .secret_string
+        .expect("string secret");
+    let app = shared::app_secret::AppSecret::parse(&text).expect("the bootstrapped secret parses");
+    assert_eq!(app.keyring.current_key_id(), "k1");
+    let handoff = app
+        .handoff_for_redirect(true)
+        .expect("a hand-off key for SUCCESS_REDIRECT_URL");
+    assert_eq!(handoff.map(|k| k.current_key_id()), Some("h1"));
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_ne!(
+        doc["handoff_keys"]["h1"], doc["data_keys"]["k1"],
+        "the hand-off key is not a data key"
+    );
+    assert!(
+        !run.stdout.contains("boot-client-secret-value")
+            && !run.stderr.contains("boot-client-secret-value")
+    );
+}
