@@ -262,16 +262,21 @@ mod tests {
             &[("k0".to_string(), SecretString::new(OLD))].into(),
         )
         .unwrap()
-        .seal(&SecretString::new("t"), "company#c", "refresh_token");
+        .seal(
+            &SecretString::new("t"),
+            "company#c",
+            "grant",
+            "refresh_token",
+        );
         assert!(
             all.keyring
-                .open(&sealed, "company#c", "refresh_token")
+                .open(&sealed, "company#c", "grant", "refresh_token")
                 .is_ok()
         );
         let current = AppSecret::parse_with(&json, DataKeys::CurrentOnly).unwrap();
         assert_eq!(current.keyring.current_key_id(), "k1");
         assert!(matches!(
-            current.keyring.open(&sealed, "company#c", "refresh_token"),
+            current.keyring.open(&sealed, "company#c", "grant", "refresh_token"),
             Err(crate::crypto::CryptoError::UnknownKey(k)) if k == "k0"
         ));
         assert!(!format!("{current:?}").contains("k0"));

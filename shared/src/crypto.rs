@@ -1,9 +1,15 @@
 //! Tokens at rest: AES-256-GCM under a data key from Secrets Manager.
 //!
-//! Each ciphertext names the key that sealed it (`v1:<key id>:<base64>`), so
-//! keys can rotate while old items stay readable. The associated data is the
-//! item's key plus the field name: a ciphertext copied to another install, or
-//! from the access-token field to the refresh-token field, fails to open.
+//! Each ciphertext names its format and the key that sealed it
+//! (`v2:<key id>:<base64>`), so keys can rotate while old items stay
+//! readable. The associated data is the item's partition key, its sort key
+//! and the field name: a ciphertext copied to another install, from the
+//! access-token field to the refresh-token field, or between an install's
+//! grant row and its refresh journal, fails to open.
+//!
+//! `v1` ciphertexts (associated data without the sort key) are still opened,
+//! so items written before `v2` stay readable; they count as stale, and
+//! `installs-admin rekey` re-seals them as `v2`. New values are always `v2`.
 
 use crate::redact::SecretString;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -13,7 +19,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use std::collections::BTreeMap;
 use std::fmt;
 
-const FORMAT: &str = "v1";
+/// What `seal` writes: the sort key is bound.
+const FORMAT: &str = "v2";
+/// Read only: the associated data binds the partition key and field alone.
+const FORMAT_V1: &str = "v1";
 const NONCE_LEN: usize = 12;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,13 +115,32 @@ impl Keyring {
         &self.current
     }
 
-    pub fn seal(&self, plaintext: &SecretString, item_key: &str, field: &str) -> String {
+    /// Seals `plaintext` for field `field` of the item (`item_key`,
+    /// `sort_key`), as `v2` under the current key.
+    pub fn seal(
+        &self,
+        plaintext: &SecretString,
+        item_key: &str,
+        sort_key: &str,
+        field: &str,
+    ) -> String {
+        self.seal_as(FORMAT, plaintext, &aad(item_key, sort_key, field))
+    }
+
+    /// The pre-`v2` format, for tests that build items as older releases
+    /// wrote them (to check they still open and that `rekey` upgrades
+    /// them). Nothing in the functions calls it.
+    #[doc(hidden)]
+    pub fn seal_legacy_v1(&self, plaintext: &SecretString, item_key: &str, field: &str) -> String {
+        self.seal_as(FORMAT_V1, plaintext, &aad_v1(item_key, field))
+    }
+
+    fn seal_as(&self, format: &str, plaintext: &SecretString, aad: &str) -> String {
         let cipher = self
             .keys
             .get(&self.current)
             .expect("sealing needs a data key; Keyring::none() has none");
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let aad = aad(item_key, field);
         // Encryption with a valid key and in-memory buffers cannot fail.
         let ct = cipher
             .encrypt(
@@ -125,23 +153,28 @@ impl Keyring {
             .expect("AES-GCM encryption of an in-memory buffer");
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ct);
-        format!("{FORMAT}:{}:{}", self.current, B64.encode(blob))
+        format!("{format}:{}:{}", self.current, B64.encode(blob))
     }
 
+    /// Opens a `v2` ciphertext sealed for exactly this item and field, or a
+    /// `v1` one sealed for this partition key and field.
     pub fn open(
         &self,
         sealed: &str,
         item_key: &str,
+        sort_key: &str,
         field: &str,
     ) -> Result<SecretString, CryptoError> {
         let mut parts = sealed.splitn(3, ':');
         let (Some(format), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next())
         else {
-            return Err(CryptoError::Malformed("expected v1:<key id>:<base64>"));
+            return Err(CryptoError::Malformed("expected v2:<key id>:<base64>"));
         };
-        if format != FORMAT {
-            return Err(CryptoError::Malformed("unknown format version"));
-        }
+        let aad = match format {
+            FORMAT => aad(item_key, sort_key, field),
+            FORMAT_V1 => aad_v1(item_key, field),
+            _ => return Err(CryptoError::Malformed("unknown format version")),
+        };
         let cipher = self
             .keys
             .get(key_id)
@@ -153,7 +186,6 @@ impl Keyring {
             return Err(CryptoError::Malformed("too short"));
         }
         let (nonce, ct) = blob.split_at(NONCE_LEN);
-        let aad = aad(item_key, field);
         let pt = cipher
             .decrypt(
                 Nonce::from_slice(nonce),
@@ -171,13 +203,25 @@ impl Keyring {
     /// The key id a ciphertext was sealed with, without opening it.
     pub fn key_id_of(sealed: &str) -> Option<&str> {
         let mut parts = sealed.splitn(3, ':');
-        (parts.next() == Some(FORMAT))
+        matches!(parts.next(), Some(FORMAT | FORMAT_V1))
             .then(|| parts.next())
             .flatten()
     }
+
+    /// Whether a ciphertext is what `seal` would write now: the current
+    /// format under the current key. Anything else is stale and re-sealed
+    /// by `rekey`.
+    pub fn is_current(&self, sealed: &str) -> bool {
+        let mut parts = sealed.splitn(3, ':');
+        parts.next() == Some(FORMAT) && parts.next() == Some(self.current.as_str())
+    }
 }
 
-fn aad(item_key: &str, field: &str) -> String {
+fn aad(item_key: &str, sort_key: &str, field: &str) -> String {
+    format!("{item_key}\u{1f}{sort_key}\u{1f}{field}")
+}
+
+fn aad_v1(item_key: &str, field: &str) -> String {
     format!("{item_key}\u{1f}{field}")
 }
 
@@ -203,11 +247,13 @@ mod tests {
         let s = r.seal(
             &SecretString::new("refresh-abc"),
             "company#c1",
+            "grant",
             "refresh_token",
         );
-        assert!(s.starts_with("v1:k1:"));
+        assert!(s.starts_with("v2:k1:"));
+        assert!(r.is_current(&s));
         assert!(!s.contains("refresh-abc"));
-        let back = r.open(&s, "company#c1", "refresh_token").unwrap();
+        let back = r.open(&s, "company#c1", "grant", "refresh_token").unwrap();
         assert_eq!(back.expose(), "refresh-abc");
         // Nonces are fresh: sealing twice differs.
         assert_ne!(
@@ -215,6 +261,7 @@ mod tests {
             r.seal(
                 &SecretString::new("refresh-abc"),
                 "company#c1",
+                "grant",
                 "refresh_token"
             )
         );
@@ -224,9 +271,14 @@ mod tests {
     fn wrong_key_is_rejected() {
         let a = ring("k1", &[("k1", 1)]);
         let b = ring("k1", &[("k1", 2)]);
-        let s = a.seal(&SecretString::new("t"), "company#c1", "access_token");
+        let s = a.seal(
+            &SecretString::new("t"),
+            "company#c1",
+            "grant",
+            "access_token",
+        );
         assert_eq!(
-            b.open(&s, "company#c1", "access_token"),
+            b.open(&s, "company#c1", "grant", "access_token"),
             Err(CryptoError::Authentication)
         );
     }
@@ -234,34 +286,123 @@ mod tests {
     #[test]
     fn ciphertext_moved_between_items_or_fields_is_rejected() {
         let r = ring("k1", &[("k1", 1)]);
-        let s = r.seal(&SecretString::new("t"), "company#c1", "refresh_token");
+        let s = r.seal(
+            &SecretString::new("t"),
+            "company#c1",
+            "grant",
+            "refresh_token",
+        );
         assert_eq!(
-            r.open(&s, "company#c2", "refresh_token"),
+            r.open(&s, "company#c2", "grant", "refresh_token"),
             Err(CryptoError::Authentication)
         );
         assert_eq!(
-            r.open(&s, "company#c1", "access_token"),
+            r.open(&s, "company#c1", "grant", "access_token"),
             Err(CryptoError::Authentication)
         );
+    }
+
+    /// A journal ciphertext is not valid in the grant row, nor back.
+    #[test]
+    fn ciphertext_moved_between_rows_of_one_install_is_rejected() {
+        let r = ring("k1", &[("k1", 1)]);
+        let journal = "journal#00000000000000000007";
+        let s = r.seal(
+            &SecretString::new("t"),
+            "company#c1",
+            journal,
+            "refresh_token",
+        );
+        assert_eq!(
+            r.open(&s, "company#c1", "grant", "refresh_token"),
+            Err(CryptoError::Authentication)
+        );
+        let g = r.seal(
+            &SecretString::new("t"),
+            "company#c1",
+            "grant",
+            "refresh_token",
+        );
+        assert_eq!(
+            r.open(&g, "company#c1", journal, "refresh_token"),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            r.open(&s, "company#c1", journal, "refresh_token")
+                .unwrap()
+                .expose(),
+            "t"
+        );
+    }
+
+    /// Items written before `v2` still open (whatever row they are read
+    /// from: v1 never bound it), still bind the install and field, and
+    /// count as stale so that `rekey` re-seals them.
+    #[test]
+    fn old_format_still_opens_and_is_stale() {
+        let r = ring("k1", &[("k1", 1)]);
+        let v1 = r.seal_legacy_v1(&SecretString::new("old"), "company#c1", "refresh_token");
+        assert!(v1.starts_with("v1:k1:"));
+        assert_eq!(Keyring::key_id_of(&v1), Some("k1"));
+        assert!(!r.is_current(&v1), "v1 is stale under the current key");
+        assert_eq!(
+            r.open(&v1, "company#c1", "grant", "refresh_token")
+                .unwrap()
+                .expose(),
+            "old"
+        );
+        assert_eq!(
+            r.open(&v1, "company#c2", "grant", "refresh_token"),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            r.open(&v1, "company#c1", "grant", "access_token"),
+            Err(CryptoError::Authentication)
+        );
+        // A v1 body relabelled v2 (or the reverse) fails: the formats'
+        // associated data differ.
+        let relabelled = v1.replacen("v1:", "v2:", 1);
+        assert_eq!(
+            r.open(&relabelled, "company#c1", "grant", "refresh_token"),
+            Err(CryptoError::Authentication)
+        );
+        let rotated = ring("k2", &[("k1", 1), ("k2", 2)]);
+        let v2_old_key = r.seal(
+            &SecretString::new("t"),
+            "company#c1",
+            "grant",
+            "refresh_token",
+        );
+        assert!(!rotated.is_current(&v2_old_key), "an old key is stale too");
     }
 
     #[test]
     fn old_key_still_decrypts_after_rotation() {
         let old = ring("k1", &[("k1", 1)]);
-        let sealed_old = old.seal(&SecretString::new("old"), "location#l1", "refresh_token");
+        let sealed_old = old.seal(
+            &SecretString::new("old"),
+            "location#l1",
+            "grant",
+            "refresh_token",
+        );
         let rotated = ring("k2", &[("k1", 1), ("k2", 2)]);
         assert_eq!(
             rotated
-                .open(&sealed_old, "location#l1", "refresh_token")
+                .open(&sealed_old, "location#l1", "grant", "refresh_token")
                 .unwrap()
                 .expose(),
             "old"
         );
-        let sealed_new = rotated.seal(&SecretString::new("new"), "location#l1", "refresh_token");
+        let sealed_new = rotated.seal(
+            &SecretString::new("new"),
+            "location#l1",
+            "grant",
+            "refresh_token",
+        );
         assert_eq!(Keyring::key_id_of(&sealed_new), Some("k2"));
         // A ring that dropped k2 names the missing key instead of failing obscurely.
         assert_eq!(
-            old.open(&sealed_new, "location#l1", "refresh_token"),
+            old.open(&sealed_new, "location#l1", "grant", "refresh_token"),
             Err(CryptoError::UnknownKey("k2".into()))
         );
     }
@@ -270,11 +411,11 @@ mod tests {
     fn malformed_and_bad_keys() {
         let r = ring("k1", &[("k1", 1)]);
         assert!(matches!(
-            r.open("nope", "a", "b"),
+            r.open("nope", "a", "grant", "b"),
             Err(CryptoError::Malformed(_))
         ));
         assert!(matches!(
-            r.open("v1:k1:!!!", "a", "b"),
+            r.open("v1:k1:!!!", "a", "grant", "b"),
             Err(CryptoError::Malformed(_))
         ));
         let short: BTreeMap<String, SecretString> =

@@ -1126,3 +1126,87 @@ async fn bootstrap_creates_a_data_key_and_a_handoff_key() {
             && !run.stderr.contains("boot-client-secret-value")
     );
 }
+
+/// Tokens sealed by a release before `v2` (associated data without the sort
+/// key) still open, count as stale, and `rekey` re-seals them as `v2`
+/// under the same key; a second run finds nothing to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_reseals_old_format_tokens_that_still_open() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use shared::store::attr;
+    let stack = Stack::new().await;
+    let id = InstallId::Company("co-v1".into());
+    let seeded = stack.seed_install(&id, "co-v1", 86_400).await;
+    let ring = stack.store().keyring();
+    let key = id.key();
+    stack
+        .ddb
+        .update_item()
+        .table_name(&stack.table)
+        .key("pk", AttributeValue::S(key.clone()))
+        .key("sk", AttributeValue::S(shared::store::GRANT_SK.into()))
+        .update_expression("SET #a = :a, #r = :r")
+        .expression_attribute_names("#a", attr::ACCESS_TOKEN)
+        .expression_attribute_names("#r", attr::REFRESH_TOKEN)
+        .expression_attribute_values(
+            ":a",
+            AttributeValue::S(ring.seal_legacy_v1(&seeded.access_token, &key, attr::ACCESS_TOKEN)),
+        )
+        .expression_attribute_values(
+            ":r",
+            AttributeValue::S(ring.seal_legacy_v1(
+                &seeded.refresh_token,
+                &key,
+                attr::REFRESH_TOKEN,
+            )),
+        )
+        .send()
+        .await
+        .expect("old-format tokens written");
+    let raw = |items: Vec<testkit::stack::Item>| -> Vec<String> {
+        let grant = items
+            .into_iter()
+            .find(|i| {
+                i.get("pk").and_then(|v| v.as_s().ok()) == Some(&key)
+                    && i.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str)
+                        == Some(shared::store::GRANT_SK)
+            })
+            .expect("grant row");
+        [attr::ACCESS_TOKEN, attr::REFRESH_TOKEN]
+            .iter()
+            .map(|f| grant[*f].as_s().unwrap().clone())
+            .collect()
+    };
+    assert!(
+        raw(stack.items().await)
+            .iter()
+            .all(|v| v.starts_with("v1:k1:"))
+    );
+    let old = stack.install(&id).await;
+    assert!(old.stale_key, "v1 is stale");
+    assert_eq!(old.refresh_token.expose(), seeded.refresh_token.expose());
+
+    let run = admin(&stack, &["rekey"], &[]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let summary = run.json();
+    assert_eq!(
+        (&summary["resealed"], &summary["left"]),
+        (&1.into(), &Value::Array(vec![])),
+        "{summary}"
+    );
+    assert!(
+        raw(stack.items().await)
+            .iter()
+            .all(|v| v.starts_with("v2:k1:"))
+    );
+    let new = stack.install(&id).await;
+    assert!(!new.stale_key);
+    assert_eq!(new.access_token.expose(), seeded.access_token.expose());
+    assert_eq!(new.refresh_token.expose(), seeded.refresh_token.expose());
+    let again = admin(&stack, &["rekey"], &[]).await.json();
+    assert_eq!(
+        (&again["resealed"], &again["alreadyCurrent"]),
+        (&0.into(), &1.into()),
+        "{again}"
+    );
+}

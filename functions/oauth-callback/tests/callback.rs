@@ -123,7 +123,7 @@ async fn company_install_lands_encrypted_with_metadata() {
         .unwrap();
     for field in ["access_token", "refresh_token"] {
         let v = raw[field].as_s().unwrap();
-        assert!(v.starts_with("v1:k1:"), "{field} is not sealed");
+        assert!(v.starts_with("v2:k1:"), "{field} is not sealed");
         assert!(
             !v.contains(install.refresh_token.expose())
                 && !v.contains(install.access_token.expose())

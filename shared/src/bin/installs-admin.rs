@@ -236,7 +236,7 @@ async fn bootstrap() -> Result<ExitCode, AdminError> {
 /// Ciphertext is abbreviated: the point is to show it is ciphertext.
 fn render(v: &AttributeValue) -> serde_json::Value {
     match v {
-        AttributeValue::S(s) if s.starts_with("v1:") && s.len() > 24 => {
+        AttributeValue::S(s) if shared::crypto::Keyring::key_id_of(s).is_some() && s.len() > 24 => {
             format!("{}… (encrypted)", &s[..20]).into()
         }
         AttributeValue::S(s) => s.clone().into(),

@@ -32,18 +32,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let key = id.key();
         let now = now_secs();
-        let mut item = key_of(&key, &format!("{JOURNAL_PREFIX}{version:020}"));
+        let sk = format!("{JOURNAL_PREFIX}{version:020}");
+        let mut item = key_of(&key, &sk);
         item.insert(
             attr::ACCESS_TOKEN.into(),
             s(self
                 .keyring
-                .seal(&pair.access_token, &key, attr::ACCESS_TOKEN)),
+                .seal(&pair.access_token, &key, &sk, attr::ACCESS_TOKEN)),
         );
         item.insert(
             attr::REFRESH_TOKEN.into(),
             s(self
                 .keyring
-                .seal(&pair.refresh_token, &key, attr::REFRESH_TOKEN)),
+                .seal(&pair.refresh_token, &key, &sk, attr::REFRESH_TOKEN)),
         );
         item.insert(attr::KEY_ID.into(), s(self.keyring.current_key_id()));
         item.insert(attr::EXPIRES_AT.into(), num(pair.expires_at));
@@ -92,13 +93,16 @@ impl Store {
             // Erased when the app was uninstalled: nothing to adopt.
             return Ok(None);
         }
+        // The entry's own sort key: a v2 ciphertext opens only in the row
+        // it was sealed for.
+        let sk = get_s(&item, SK).unwrap_or_default().to_owned();
         let open = |field: &str| -> Result<SecretString, StoreError> {
             let sealed = get_s(&item, field).ok_or_else(|| StoreError::Corrupt {
                 key: key.clone(),
                 reason: format!("journal {field} missing"),
             })?;
             self.keyring
-                .open(sealed, &key, field)
+                .open(sealed, &key, &sk, field)
                 .map_err(|source| StoreError::Crypto {
                     key: key.clone(),
                     source,

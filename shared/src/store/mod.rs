@@ -139,7 +139,7 @@ pub struct Install {
     pub last_refreshed_at: Option<i64>,
     pub updated_at: i64,
     /// True when either token is sealed under a data key other than the
-    /// current one (key rotation re-seals these).
+    /// current one, or in the old `v1` format (`rekey` re-seals these).
     pub stale_key: bool,
 }
 
@@ -234,13 +234,13 @@ impl Store {
             attr::ACCESS_TOKEN,
             s(self
                 .keyring
-                .seal(&pair.access_token, &key, attr::ACCESS_TOKEN)),
+                .seal(&pair.access_token, &key, GRANT_SK, attr::ACCESS_TOKEN)),
         );
         u.set(
             attr::REFRESH_TOKEN,
             s(self
                 .keyring
-                .seal(&pair.refresh_token, &key, attr::REFRESH_TOKEN)),
+                .seal(&pair.refresh_token, &key, GRANT_SK, attr::REFRESH_TOKEN)),
         );
         u.set(attr::KEY_ID, s(self.keyring.current_key_id()));
         u.set(attr::EXPIRES_AT, num(pair.expires_at));
@@ -615,7 +615,7 @@ impl Store {
         let open = |field: &str| -> Result<SecretString, StoreError> {
             let sealed = get_s(&item, field).ok_or_else(|| corrupt(&format!("{field} missing")))?;
             self.keyring
-                .open(sealed, &pk, field)
+                .open(sealed, &pk, GRANT_SK, field)
                 .map_err(|source| StoreError::Crypto {
                     key: pk.clone(),
                     source,
@@ -626,11 +626,12 @@ impl Store {
         // An uninstalled grant's tokens are erased: it reads with empty ones,
         // which nothing presents (the state is terminal).
         let erased = state == InstallState::Uninstalled;
-        let current = self.keyring.current_key_id();
+        // Stale: under an old key, or in the old format (`v1`, whose
+        // associated data lacks the sort key); `rekey` re-seals either.
         let stale_key = !erased
             && [attr::ACCESS_TOKEN, attr::REFRESH_TOKEN]
                 .iter()
-                .any(|f| get_s(&item, f).and_then(Keyring::key_id_of) != Some(current));
+                .any(|f| !get_s(&item, f).is_some_and(|v| self.keyring.is_current(v)));
         let token = |field: &str| {
             if erased || !open_tokens {
                 Ok(SecretString::new(""))
