@@ -406,7 +406,7 @@ fn verify_outside(lang: &str, url: &str, kid: &str, key: &str, now: i64) -> Opti
         .arg(&file)
         .args([url, kid, key, &now.to_string()])
         .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed to verify the hand-off: {e}"));
+        .unwrap_or_else(|e| panic!("{program} must be installed to verify the hand-off (dev/clients.sh setup installs nodejs and python3 when missing): {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{program} failed: {stderr}");
     let printed: Value = serde_json::from_slice(&out.stdout).expect("the verifier prints JSON");
