@@ -16,6 +16,12 @@ pub struct FunctionPolicy {
     pub function: &'static str,
     /// DynamoDB actions on the installs table itself.
     pub dynamodb: &'static [&'static str],
+    /// The partition-key prefixes its table calls may touch
+    /// (`dynamodb:LeadingKeys` in the template); empty: any. The public
+    /// functions are held to the items they own, so a flaw in either
+    /// cannot reach another kind of item (the callback never a minted
+    /// grant, the webhook never a code claim).
+    pub table_keys: &'static [&'static str],
     /// DynamoDB actions on the due index (`<table arn>/index/due-index`).
     pub dynamodb_index: &'static [&'static str],
     /// Secrets Manager actions on the app secret.
@@ -35,6 +41,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
             "dynamodb:UpdateItem",
             "dynamodb:DeleteItem",
         ],
+        table_keys: &["code#", "company#", "location#"],
         dynamodb_index: &[],
         secretsmanager: &["secretsmanager:GetSecretValue"],
         events: &["events:PutEvents"],
@@ -49,6 +56,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
         ],
+        table_keys: &[],
         dynamodb_index: &["dynamodb:Query"],
         secretsmanager: &["secretsmanager:GetSecretValue"],
         events: &["events:PutEvents"],
@@ -63,6 +71,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
         ],
+        table_keys: &[],
         dynamodb_index: &[],
         secretsmanager: &["secretsmanager:GetSecretValue"],
         events: &["events:PutEvents"],
@@ -78,6 +87,7 @@ pub const POLICIES: &[FunctionPolicy] = &[
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
         ],
+        table_keys: &["company#", "location#", "minted#", "webhook#"],
         dynamodb_index: &[],
         // None: it erases tokens without opening them and takes its app id
         // from GHL_APP_ID, so it never reads the app secret (data keys,

@@ -381,6 +381,9 @@ fn function_differences(
                     diffs.push(format!("{who}: wildcard action {action}"));
                 }
             }
+            if resources.contains(&Target::Table) {
+                diffs.extend(leading_key_differences(&who, policy, statement));
+            }
             for target in &resources {
                 if let Target::Other(r) = target
                     && r.contains('*')
@@ -417,6 +420,41 @@ fn function_differences(
         ));
     }
     diffs
+}
+
+/// A table statement's `dynamodb:LeadingKeys` condition against the
+/// partition-key prefixes `shared::iam` lists for the function (none: no
+/// condition at all).
+fn leading_key_differences(who: &str, policy: &FunctionPolicy, statement: &Value) -> Vec<String> {
+    let expected: BTreeSet<String> = policy.table_keys.iter().map(|p| format!("{p}*")).collect();
+    let condition = statement.get("Condition");
+    let granted: Option<BTreeSet<String>> = condition.map(|c| {
+        one_or_many(&c["ForAllValues:StringLike"]["dynamodb:LeadingKeys"])
+            .into_iter()
+            .map(|k| k.as_str().map_or_else(|| k.to_string(), str::to_owned))
+            .collect()
+    });
+    match (expected.is_empty(), granted) {
+        (true, None) => vec![],
+        (true, Some(_)) => vec![format!(
+            "{who}: its table statement has a condition, but shared::iam lists no table_keys for it"
+        )],
+        (false, None) => vec![format!(
+            "{who}: its table statement has no dynamodb:LeadingKeys condition; shared::iam limits it to {expected:?}"
+        )],
+        (false, Some(granted)) => {
+            let extra_conditions = condition
+                .and_then(Value::as_object)
+                .is_some_and(|c| c.len() != 1);
+            let mut diffs = Vec::new();
+            if granted != expected || extra_conditions {
+                diffs.push(format!(
+                    "{who}: dynamodb:LeadingKeys (ForAllValues:StringLike) is {granted:?}, not {expected:?} from shared::iam"
+                ));
+            }
+            diffs
+        }
+    }
 }
 
 // ---------------------------------------------------------------- table
@@ -1416,5 +1454,44 @@ fn the_webhook_never_reads_the_app_secret() {
         "webhook reading the secret (against shared::iam)",
         &policy_differences(&reads),
         "secretsmanager:GetSecretValue on the app secret",
+    );
+}
+
+#[test]
+fn public_functions_touch_only_their_own_kinds_of_item() {
+    for (function, keys) in [
+        ("oauth-callback", &["code#", "company#", "location#"][..]),
+        (
+            "marketplace-webhook",
+            &["company#", "location#", "minted#", "webhook#"][..],
+        ),
+    ] {
+        assert_eq!(
+            shared::iam::policy(function).map(|p| p.table_keys),
+            Some(keys),
+            "{function}"
+        );
+    }
+    let root = load_template();
+    let widened = changed(&root, |t| {
+        let s = statement_with(t, "marketplace-webhook", "dynamodb:PutItem");
+        s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("code#*"));
+    });
+    assert_reports(
+        "webhook admitted to code claims",
+        &policy_differences(&widened),
+        "dynamodb:LeadingKeys",
+    );
+    let dropped = changed(&root, |t| {
+        let s = statement_with(t, "oauth-callback", "dynamodb:PutItem");
+        s.as_object_mut().unwrap().remove("Condition");
+    });
+    assert_reports(
+        "callback without LeadingKeys",
+        &policy_differences(&dropped),
+        "no dynamodb:LeadingKeys condition",
     );
 }

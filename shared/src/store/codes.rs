@@ -41,7 +41,7 @@ impl Store {
         item.insert(attr::LEASE_OWNER.into(), s(&token));
         item.insert(TTL.into(), num(now_ms / 1000 + CODE_TTL_SECS));
         let res = self
-            .table_op("dynamodb:PutItem")?
+            .item_op("dynamodb:PutItem", &pk)?
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -68,7 +68,7 @@ impl Store {
 
     pub async fn get_code(&self, hash: &str) -> Result<Option<CodeRecord>, StoreError> {
         let out = self
-            .table_op("dynamodb:GetItem")?
+            .item_op("dynamodb:GetItem", &format!("code#{hash}"))?
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&format!("code#{hash}"), CODE_SK)))
@@ -97,7 +97,7 @@ impl Store {
 
     /// Gives a claim back when the exchange failed in a way a retry can fix.
     pub async fn release_code(&self, hash: &str) -> Result<(), StoreError> {
-        self.table_op("dynamodb:DeleteItem")?
+        self.item_op("dynamodb:DeleteItem", &format!("code#{hash}"))?
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&format!("code#{hash}"), CODE_SK)))

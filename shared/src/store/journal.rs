@@ -52,7 +52,7 @@ impl Store {
         item.insert(attr::OWNER.into(), s(owner));
         item.insert(attr::WRITTEN_AT.into(), num(now));
         item.insert(TTL.into(), num(now + JOURNAL_TTL_SECS));
-        self.table_op("dynamodb:PutItem")?
+        self.item_op("dynamodb:PutItem", &id.key())?
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -71,7 +71,7 @@ impl Store {
     ) -> Result<Option<JournalEntry>, StoreError> {
         let key = id.key();
         let out = self
-            .table_op("dynamodb:Query")?
+            .item_op("dynamodb:Query", &key)?
             .query()
             .table_name(&self.table)
             .key_condition_expression("#pk = :pk AND #sk BETWEEN :lo AND :hi")

@@ -186,7 +186,10 @@ impl Store {
     /// installed the app there, and whether it still has it.
     pub async fn link_of(&self, location_id: &str) -> Result<Option<LocationLink>, StoreError> {
         let out = self
-            .table_op("dynamodb:GetItem")?
+            .item_op(
+                "dynamodb:GetItem",
+                &InstallId::Location(location_id.to_owned()).key(),
+            )?
             .get_item()
             .table_name(&self.table)
             .set_key(Some(super::item::key_of(
@@ -222,7 +225,7 @@ impl Store {
         let mut start = None;
         loop {
             let mut query = self
-                .table_op("dynamodb:Query")?
+                .item_op("dynamodb:Query", pk)?
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")

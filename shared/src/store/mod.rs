@@ -74,6 +74,13 @@ pub enum StoreError {
     /// A call the function's IAM policy does not grant: a code change added
     /// it without adding it to `shared::iam::POLICIES` and the template.
     #[error(
+        "{function} may not touch {kind}# items (dynamodb:LeadingKeys: shared::iam::POLICIES, infra/template.yaml)"
+    )]
+    KeyNotPermitted {
+        function: &'static str,
+        kind: String,
+    },
+    #[error(
         "{function} is not granted {action} on {on} (shared::iam::POLICIES, infra/template.yaml)"
     )]
     NotPermitted {
@@ -212,6 +219,21 @@ impl Store {
         self.permit(action, |p| p.dynamodb, "the installs table")
     }
 
+    /// [`Store::table_op`] on the items of partition `pk`, which the
+    /// function's `dynamodb:LeadingKeys` must admit too.
+    fn item_op(&self, action: &'static str, pk: &str) -> Result<&Client, StoreError> {
+        if let Some(p) = self.policy
+            && !p.table_keys.is_empty()
+            && !p.table_keys.iter().any(|prefix| pk.starts_with(prefix))
+        {
+            return Err(StoreError::KeyNotPermitted {
+                function: p.function,
+                kind: pk.split('#').next().unwrap_or_default().to_owned(),
+            });
+        }
+        self.table_op(action)
+    }
+
     fn index_op(&self, action: &'static str) -> Result<&Client, StoreError> {
         self.permit(action, |p| p.dynamodb_index, "the due index")
     }
@@ -318,7 +340,7 @@ impl Store {
         StoreError,
     > {
         Ok(self
-            .table_op("dynamodb:UpdateItem")?
+            .item_op("dynamodb:UpdateItem", pk)?
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(pk, sk)))
@@ -548,7 +570,7 @@ impl Store {
     /// The plan kept for an install before its grant existed.
     pub async fn kept_plan(&self, id: &InstallId) -> Result<Option<(String, i64)>, StoreError> {
         let out = self
-            .table_op("dynamodb:GetItem")?
+            .item_op("dynamodb:GetItem", &plan_key(id))?
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&plan_key(id), PLAN_SK)))
@@ -575,7 +597,7 @@ impl Store {
 
     async fn grant_item(&self, id: &InstallId) -> Result<Option<Item>, StoreError> {
         let out = self
-            .table_op("dynamodb:GetItem")?
+            .item_op("dynamodb:GetItem", &id.key())?
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&id.key(), GRANT_SK)))
@@ -943,6 +965,7 @@ mod tests {
         static NO_DELETE: FunctionPolicy = FunctionPolicy {
             function: "test-fn",
             dynamodb: &["dynamodb:PutItem", "dynamodb:UpdateItem"],
+            table_keys: &["code#", "company#"],
             dynamodb_index: &[],
             secretsmanager: &[],
             events: &[],
@@ -972,6 +995,20 @@ mod tests {
                     ..
                 }
             ),
+            "{err}"
+        );
+        // A granted action on an item kind its LeadingKeys do not admit.
+        let err = offline_store()
+            .restricted_to(&NO_DELETE)
+            .uninstall(&InstallId::Minted("l".into()), "r", 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::KeyNotPermitted { kind, .. } if kind == "minted"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("may not touch minted# items"),
             "{err}"
         );
         // A granted action goes through to DynamoDB (and fails there).

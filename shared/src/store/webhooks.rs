@@ -18,7 +18,7 @@ impl Store {
     /// Whether a webhook id was processed already (a consistent read).
     pub async fn webhook_seen(&self, id: &str) -> Result<bool, StoreError> {
         let out = self
-            .table_op("dynamodb:GetItem")?
+            .item_op("dynamodb:GetItem", &webhook_key(id))?
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(&webhook_key(id), WEBHOOK_SK)))
@@ -40,7 +40,7 @@ impl Store {
         item.insert(TTL.into(), num(now_ms / 1000 + keep.as_secs() as i64));
         item.insert("webhook_id".into(), s(id));
         let res = self
-            .table_op("dynamodb:PutItem")?
+            .item_op("dynamodb:PutItem", &webhook_key(id))?
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
