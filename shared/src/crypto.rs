@@ -53,6 +53,16 @@ impl fmt::Debug for Keyring {
     }
 }
 
+/// One key of a keyring in a secret (data keys, hand-off keys): its id
+/// checked and its base64 decoded. Errors name the key id, never the key.
+pub(crate) fn decode_named_key(id: &str, b64: &SecretString) -> Result<Vec<u8>, String> {
+    if !valid_key_id(id) {
+        return Err(format!("key id {id:?} must be 1-64 of A-Z a-z 0-9 - _ ."));
+    }
+    B64.decode(b64.expose().trim())
+        .map_err(|_| format!("key {id:?} is not base64"))
+}
+
 fn valid_key_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -81,14 +91,7 @@ impl Keyring {
     ) -> Result<Self, CryptoError> {
         let mut ring = BTreeMap::new();
         for (id, b64) in keys {
-            if !valid_key_id(id) {
-                return Err(CryptoError::BadKeyring(format!(
-                    "key id {id:?} must be 1-64 of A-Z a-z 0-9 - _ ."
-                )));
-            }
-            let bytes = B64
-                .decode(b64.expose().trim())
-                .map_err(|_| CryptoError::BadKeyring(format!("key {id:?} is not base64")))?;
+            let bytes = decode_named_key(id, b64).map_err(CryptoError::BadKeyring)?;
             if bytes.len() != 32 {
                 return Err(CryptoError::BadKeyring(format!(
                     "key {id:?} is {} bytes; AES-256 needs 32",

@@ -25,8 +25,6 @@
 //! signed (HighLevel's ids are alphanumeric).
 
 use crate::redact::SecretString;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use ring::hmac;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,14 +77,6 @@ pub enum HandoffError {
     Unsignable,
 }
 
-fn valid_key_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-}
-
 /// The string the signature covers (see the module documentation).
 pub fn canonical(h: &Handoff, kid: &str) -> String {
     [
@@ -124,12 +114,7 @@ impl HandoffKeys {
     ) -> Result<Self, String> {
         let mut ring = BTreeMap::new();
         for (id, b64) in keys {
-            if !valid_key_id(id) {
-                return Err(format!("key id {id:?} must be 1-64 of A-Z a-z 0-9 - _ ."));
-            }
-            let bytes = B64
-                .decode(b64.expose().trim())
-                .map_err(|_| format!("key {id:?} is not base64"))?;
+            let bytes = crate::crypto::decode_named_key(id, b64)?;
             if bytes.len() < MIN_KEY_BYTES {
                 return Err(format!(
                     "key {id:?} is {} bytes; at least {MIN_KEY_BYTES} are needed",
@@ -232,6 +217,8 @@ impl HandoffKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
 
     fn keys(current: &str, ids: &[(&str, u8)]) -> HandoffKeys {
         let map = ids

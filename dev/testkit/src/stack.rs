@@ -292,23 +292,12 @@ impl Stack {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
         let key_b64 = SecretString::new(base64::engine::general_purpose::STANDARD.encode(key));
-        let sm = aws_sdk_secretsmanager::Client::new(&shared::aws::sdk_config().await);
-        let current = sm
-            .get_secret_value()
-            .secret_id(&self.secret_id)
-            .send()
-            .await
-            .expect("secret readable");
-        let mut doc: Value = serde_json::from_str(current.secret_string().expect("string secret"))
-            .expect("JSON secret");
-        doc["data_keys"][id] = key_b64.expose().into();
-        doc["current_data_key"] = id.into();
-        sm.put_secret_value()
-            .secret_id(&self.secret_id)
-            .secret_string(doc.to_string())
-            .send()
-            .await
-            .expect("secret updated");
+        let doc = self
+            .edit_secret(|doc| {
+                doc["data_keys"][id] = key_b64.expose().into();
+                doc["current_data_key"] = id.into();
+            })
+            .await;
         self.app = AppSecret::parse(&doc.to_string()).expect("rotated secret parses");
         self.svc.store = Store::new(
             self.ddb.clone(),
@@ -322,6 +311,12 @@ impl Stack {
     /// Sets one field of the app secret, as an operator's
     /// put-secret-value would; processes spawned afterwards read it.
     pub async fn set_secret_field(&self, field: &str, value: Value) {
+        self.edit_secret(|doc| doc[field] = value).await;
+    }
+
+    /// Reads the app secret's JSON, applies `edit`, writes it back as a new
+    /// version, and returns what was written.
+    async fn edit_secret(&self, edit: impl FnOnce(&mut Value)) -> Value {
         let sm = aws_sdk_secretsmanager::Client::new(&shared::aws::sdk_config().await);
         let current = sm
             .get_secret_value()
@@ -331,13 +326,14 @@ impl Stack {
             .expect("secret readable");
         let mut doc: Value = serde_json::from_str(current.secret_string().expect("string secret"))
             .expect("JSON secret");
-        doc[field] = value;
+        edit(&mut doc);
         sm.put_secret_value()
             .secret_id(&self.secret_id)
             .secret_string(doc.to_string())
             .send()
             .await
             .expect("secret updated");
+        doc
     }
 
     /// Moves an install's lifecycle back to `at_ms`, as if it had been
